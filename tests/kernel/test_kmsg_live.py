@@ -1,0 +1,51 @@
+"""/dev/kmsg for real: reading new records, parsing the live log, clock calibration."""
+
+import os
+import secrets
+import select
+import time
+
+import pytest
+
+from tracer.kmsg import KmsgReader, OomReportParser, printk_offset_ns
+from tracer.schema import blank_event
+
+
+@pytest.mark.kernel
+def test_reader_of_dev_kmsg_sees_new_records_only() -> None:
+    with KmsgReader(from_start=True) as history:
+        last_old_seq = max(seq for seq, _, _ in history.read_available())
+    marker = f"oomtrace: test marker {secrets.token_hex(8)}"
+
+    with KmsgReader() as reader:
+        writer = os.open("/dev/kmsg", os.O_WRONLY)
+        try:
+            os.write(writer, f"<15>{marker}\n".encode())
+        finally:
+            os.close(writer)
+        records: list[tuple[int, int, str]] = []
+        deadline = time.monotonic() + 1
+        while marker not in [msg for _, _, msg in records] and time.monotonic() < deadline:
+            select.select([reader], [], [], 0.1)
+            records += reader.read_available()
+
+    assert marker in [msg for _, _, msg in records]
+    assert all(seq > last_old_seq for seq, _, _ in records)
+
+
+@pytest.mark.kernel
+def test_parser_reads_the_whole_live_kernel_log_without_raising() -> None:
+    parser = OomReportParser()
+    with KmsgReader(from_start=True) as reader:
+        for _seq, ts_ns, message in reader.read_available():
+            for ev in parser.feed(message, ts_ns):
+                assert set(ev) == set(blank_event(ev["event"]))
+
+
+@pytest.mark.kernel
+def test_printk_offset_is_near_zero_and_repeatable() -> None:
+    first = printk_offset_ns()
+    second = printk_offset_ns()
+
+    assert abs(first) < 50_000_000
+    assert abs(second - first) < 1_000_000
