@@ -209,9 +209,11 @@ def cmd_probes(args: argparse.Namespace) -> int:
     )
     print(f"headers  {headers}")
     print()
-    print(f"{'PROBE':<16}{'TIER':<13}{'TARGET':<36}WHY NOT A BETTER TIER")
+    print(f"{'PROBE':<16}{'TIER':<13}TARGET")
     for c in plan.choices:
-        print(f"{c.probe:<16}{c.tier:<13}{(c.target or '-'):<36}{c.reason or '-'}")
+        print(f"{c.probe:<16}{c.tier:<13}{c.target or '-'}")
+        if c.reason:
+            print(f"{'':<16}why not better: {c.reason}")
     for note in plan.notes:
         print(f"\nnote: {note}")
     return 0

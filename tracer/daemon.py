@@ -7,8 +7,10 @@ runs in its own daemon thread and only reads.
 
 import os
 import resource
+import select
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,6 +115,7 @@ class Daemon:
         from tracer.headers import find_headers
 
         cfg = self.config
+        self._ensure_tracefs()
         features = probes.detect(cfg.proc_root, cfg.sys_root, use_btf=cfg.use_btf)
         plan = probes.plan(features)
         for note in plan.notes:
@@ -166,6 +169,19 @@ class Daemon:
         self.log.info("stopped; probes detached")
         return 0
 
+    def _ensure_tracefs(self) -> None:
+        """Tracepoint formats live in tracefs, which some hosts do not mount at boot."""
+        tracing = self.config.sys_root / "kernel/tracing"
+        if (tracing / "events").is_dir() or (self.config.sys_root / "kernel/debug/tracing/events").is_dir():
+            return
+        result = subprocess.run(
+            ["mount", "-t", "tracefs", "nodev", str(tracing)], capture_output=True, text=True, check=False
+        )
+        if result.returncode == 0:
+            self.log.info("mounted tracefs", path=str(tracing))
+        else:
+            self.log.warning("tracefs is not mounted and mounting it failed", error=result.stderr.strip())
+
     def _loop(self, poll: Callable[[int], None], every_interval: Callable[[], None]) -> None:
         deadline = self._deadline()
         next_tick = time.monotonic() + self.config.interval_s
@@ -194,21 +210,23 @@ class Daemon:
             self._lost_seen[reason] = total
 
     def _run_kmsg(self) -> int:
-        from tracer.kmsg import KmsgReader, OomReportParser
+        from tracer.kmsg import KmsgReader, OomReportParser, printk_offset_ns
 
         parser = OomReportParser()
+        # /dev/kmsg stamps records with the printk clock, not CLOCK_MONOTONIC: calibrated
+        # here so ktime_ns means the same in every source.
+        offset_ns = printk_offset_ns()
         with KmsgReader() as reader:
             self.attached = True
             self.metrics.set_probes([("oom_report", "kmsg", "/dev/kmsg")])
-            self.log.info("tracing the kernel log (no BPF)", node=self.config.node)
+            self.log.info("tracing the kernel log (no BPF)", printk_offset_ns=offset_ns)
+            self.log.info("tracing", node=self.config.node)
             lost_seen = 0
-            import select
 
             def poll(timeout_ms: int) -> None:
                 select.select([reader.fileno()], [], [], timeout_ms / 1000)
                 for _seq, ts_ns, message in reader.read_available():
-                    # /dev/kmsg stamps with the printk clock: close to, not equal to, CLOCK_MONOTONIC.
-                    for event in parser.feed(message, ts_ns):
+                    for event in parser.feed(message, ts_ns - offset_ns):
                         self.publish(event)
 
             def every_interval() -> None:

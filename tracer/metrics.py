@@ -35,7 +35,7 @@ LABELS: Final = ("namespace", "pod", "container", "vm")
 
 LOST_REASONS: Final = ("ringbuf_full", "map_full", "decode_error", "kmsg_overwritten")
 
-PROBE_TIERS: Final = ("fentry", "kprobe", "tracepoint", "unavailable")
+PROBE_TIERS: Final = ("fentry", "kprobe", "tracepoint", "kmsg", "unavailable")
 
 NEAR_OOM_PHASES: Final = ("first", "summary")
 

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, as root: unit tests, real-kernel tests on this machine, then the
+# kernel matrix in VMs (tests/vm). Kernel tests never skip; a kernel that cannot run them fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install.sh
+.venv/bin/ruff check tracer tests
+.venv/bin/mypy
+.venv/bin/pytest tests/unit tests/kernel
+if [ -f Makefile ] && grep -q '^test-kernels:' Makefile; then
+  make test-kernels
+fi
