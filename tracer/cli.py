@@ -160,6 +160,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dump_bpf:
         print(dump_bpf(no_btf=args.no_btf, quiet_s=float(args.near_oom_quiet)))
         return 0
+    if str(args.metrics_address).lower() != "none":
+        from tracer.metrics import parse_address
+
+        try:
+            parse_address(args.metrics_address)
+        except ValueError as err:
+            raise UsageError(f"--metrics-address: {err}") from None
     _require_root()
     from tracer.daemon import Daemon
 
@@ -231,9 +238,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "probes": cmd_probes, "demo": cmd_demo}
+    from tracer.btf import BtfError
+    from tracer.headers import HeadersError
+    from tracer.loader import LoadError
+
     try:
         return handlers[args.command](args)
-    except UsageError as err:
+    except (UsageError, LoadError, HeadersError, BtfError) as err:
+        # Things the operator must fix (privileges, BPF support, headers): exit 2, one line.
         sys.stderr.write(f"oomtrace: error: {err}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
@@ -26,6 +26,17 @@ from tracer.enrich import Enricher, WallClock
 from tracer.metrics import HttpServer, Metrics, start_http_server
 from tracer.near_oom import NearOomSummarizer
 from tracer.output import EventWriter, diagnostics
+
+# An enrichment step: takes an event, returns it with more fields (never fewer).
+Stage = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Sink(Protocol):
+    """A consumer of finished events. write() must not block the event loop."""
+
+    def write(self, event: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class Daemon:
         self.last_loop = time.monotonic()
         self.stop = _Stop()
         self._lost_seen: dict[str, int] = {}
+        self.stages: list[Stage] = []
+        self.sinks: list[Sink] = []
         self._http: HttpServer | None = None
 
     def health(self) -> tuple[bool, str]:
@@ -82,10 +95,30 @@ class Daemon:
             return False, f"event loop stalled for {stalled:.1f}s"
         return True, "ok"
 
+    def add_stage(self, stage: Stage) -> None:
+        """An enrichment step after the cgroup tags (e.g. Kubernetes names, VM attribution)."""
+        self.stages.append(stage)
+
+    def add_sink(self, sink: Sink) -> None:
+        """Another consumer of finished events (e.g. the live stream, Loki)."""
+        self.sinks.append(sink)
+
     def publish(self, event: dict[str, Any]) -> None:
+        """kernel → decode (done) → cgroup path and tags → stages → stdout, metrics, sinks."""
         event = self.enricher.enrich(event)
+        for stage in self.stages:
+            event = stage(event)
         self.writer.write(event)
         self.metrics.observe(event)
+        for sink in self.sinks:
+            sink.write(event)
+
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as err:  # a sink failing to close must not hide the others
+                self.log.error("sink did not close cleanly", sink=type(sink).__name__, error=str(err))
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
@@ -100,6 +133,7 @@ class Daemon:
                 return self._run_kmsg()
             return self._run_bpf()
         finally:
+            self._close_sinks()
             if self._http is not None:
                 self._http.close()
 
