@@ -5,6 +5,8 @@
 #ifndef OOMTRACE_KERNEL_READ_H
 #define OOMTRACE_KERNEL_READ_H
 
+#include <uapi/linux/ptrace.h> /* struct pt_regs, for the kprobe tier's PT_REGS_* */
+
 #if OOMTRACE_HAVE_BTF
 
 static __always_inline __u64 read_u64(const void *base, __u64 off)

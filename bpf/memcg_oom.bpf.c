@@ -1,6 +1,14 @@
-/* memcg_oom: the kernel invoked the OOM killer for a memory cgroup. The entry probe on
- * mem_cgroup_out_of_memory() fires before the kernel prints its "invoked oom-killer"
- * report: this is the event that reaches users before the kernel log. */
+/* memcg_oom: the kernel invoked the OOM killer for a memory cgroup. Sent on entry to
+ * oom_kill_process(), before the kernel prints its "invoked oom-killer" report: this is
+ * the event that reaches users before the kernel log.
+ *
+ * mem_cgroup_out_of_memory() is where a memcg OOM starts, but it may still call the OOM
+ * off: under oom_lock it returns early when the cgroup has room again (other CPUs' charge
+ * stock drained meanwhile: seen on 5.10, 13 pages below the limit) or the task is dying,
+ * and then nothing is killed and nothing printed. So its entry only notes the OOM (pending)
+ * and the event goes out when oom_kill_process() shows the kernel going ahead, or when the
+ * OOM ends with no victim to kill (the kernel reports that too). Without an oom_kill_process
+ * probe (OOM_CONTEXT_TIER 0) the entry sends it at once, as the best available. */
 
 /* What the OOM in progress in a task is about, for the oom_kill events it causes:
  * written on entry to mem_cgroup_out_of_memory() and oom_kill_process(). */
@@ -8,28 +16,32 @@ struct oom_context {
 	__u64 memcg_id;		/* 0: global OOM (oc->memcg is NULL) */
 	__u32 constraint;
 	__u32 known;		/* KNOWN_MEMCG / KNOWN_CONSTRAINT */
+	__u64 memcg;		/* struct mem_cgroup * of a pending memcg OOM */
+	__u32 gfp_mask;
+	__s32 order;
+	__u32 pending;		/* 1: memcg_oom event not sent yet */
+	__u32 tier;		/* tier of the memcg_oom probe */
 };
 BPF_HASH(oom_context, __u32, struct oom_context, 1024);
 
+#if (MEMCG_OOM_TIER == OOMTRACE_TIER_FENTRY || MEMCG_OOM_TIER == OOMTRACE_TIER_KPROBE) && \
+	(OOM_CONTEXT_TIER == OOMTRACE_TIER_FENTRY || OOM_CONTEXT_TIER == OOMTRACE_TIER_KPROBE)
+#define MEMCG_OOM_DEFERRED 1
+#else
+#define MEMCG_OOM_DEFERRED 0
+#endif
+
 #if MEMCG_OOM_TIER == OOMTRACE_TIER_FENTRY || MEMCG_OOM_TIER == OOMTRACE_TIER_KPROBE
 /* memcg: the OOMing cgroup, the one over its limit; often the pod, an ancestor of the
- * trigger's own memcg. */
-static __always_inline int on_memcg_oom(void *memcg, __u32 gfp_mask, int order, __u32 tier)
+ * trigger's own memcg. Its page counter is read when the event is sent. */
+static __always_inline int emit_memcg_oom(void *memcg, __u64 id, __u32 gfp_mask, int order, __u32 tier)
 {
-	__u32 pid = (__u32)bpf_get_current_pid_tgid();
-	struct oom_context oc = {};
-	struct oomtrace_event *e;
+	struct oomtrace_event *e = reserve_event(OOMTRACE_MEMCG_OOM, tier);
 
-	oc.memcg_id = memcg_id(memcg);
-	oc.constraint = CONSTRAINT_MEMCG_VALUE;
-	oc.known = KNOWN_MEMCG | KNOWN_CONSTRAINT;
-	oom_context.update(&pid, &oc);
-
-	e = reserve_event(OOMTRACE_MEMCG_OOM, tier);
 	if (!e)
 		return 0;
 	fill_trigger(e);
-	e->memcg_id = oc.memcg_id;
+	e->memcg_id = id;
 	memcg_counter(memcg, &e->usage_pages, &e->limit_pages, &e->failcnt);
 	e->gfp_mask = gfp_mask;
 	e->order = order;
@@ -38,10 +50,35 @@ static __always_inline int on_memcg_oom(void *memcg, __u32 gfp_mask, int order, 
 	return 0;
 }
 
-static __always_inline int on_memcg_oom_return(void)
+static __always_inline int on_memcg_oom(void *memcg, __u32 gfp_mask, int order, __u32 tier)
 {
 	__u32 pid = (__u32)bpf_get_current_pid_tgid();
+	struct oom_context oc = {};
 
+	oc.memcg_id = memcg_id(memcg);
+	oc.constraint = CONSTRAINT_MEMCG_VALUE;
+	oc.known = KNOWN_MEMCG | KNOWN_CONSTRAINT;
+	oc.memcg = (__u64)memcg;
+	oc.gfp_mask = gfp_mask;
+	oc.order = order;
+	oc.pending = MEMCG_OOM_DEFERRED;
+	oc.tier = tier;
+	oom_context.update(&pid, &oc);
+	if (!oc.pending)
+		return emit_memcg_oom(memcg, oc.memcg_id, gfp_mask, order, tier);
+	return 0;
+}
+
+/* handled: what mem_cgroup_out_of_memory() returned; false: no victim could be found. */
+static __always_inline int on_memcg_oom_return(__u8 handled)
+{
+	__u32 pid = (__u32)bpf_get_current_pid_tgid();
+	struct oom_context *oc = oom_context.lookup(&pid);
+
+	/* Still pending: oom_kill_process() never ran. Called off (true), or no victim
+	 * (false, after the kernel's report of it): only the latter was an OOM. */
+	if (oc && oc->pending && !handled)
+		emit_memcg_oom((void *)oc->memcg, oc->memcg_id, oc->gfp_mask, oc->order, oc->tier);
 	oom_context.delete(&pid);
 	return 0;
 }
@@ -53,9 +90,9 @@ KFUNC_PROBE(mem_cgroup_out_of_memory, void *memcg, unsigned int gfp_mask, int or
 	return on_memcg_oom(memcg, gfp_mask, order, OOMTRACE_TIER_FENTRY);
 }
 
-KRETFUNC_PROBE(mem_cgroup_out_of_memory, void *memcg)
+KRETFUNC_PROBE(mem_cgroup_out_of_memory, void *memcg, unsigned int gfp_mask, int order, unsigned long ret)
 {
-	return on_memcg_oom_return();
+	return on_memcg_oom_return((__u8)ret); /* bool: only the low byte is defined */
 }
 #elif MEMCG_OOM_TIER == OOMTRACE_TIER_KPROBE
 int memcg_oom_kprobe(struct pt_regs *ctx)
@@ -66,7 +103,7 @@ int memcg_oom_kprobe(struct pt_regs *ctx)
 
 int memcg_oom_kretprobe(struct pt_regs *ctx)
 {
-	return on_memcg_oom_return();
+	return on_memcg_oom_return((__u8)PT_REGS_RC(ctx));
 }
 #endif
 
@@ -77,8 +114,17 @@ static __always_inline int on_oom_kill_process(void *oc)
 {
 	__u32 pid = (__u32)bpf_get_current_pid_tgid();
 	struct oom_context ctx = {};
+	void *memcg = read_ptr(oc, OFF_OC_MEMCG);
 
-	ctx.memcg_id = memcg_id(read_ptr(oc, OFF_OC_MEMCG));
+#if MEMCG_OOM_DEFERRED
+	struct oom_context *pending = oom_context.lookup(&pid);
+
+	/* The kernel goes ahead with the memcg OOM noted on entry: send it now, before
+	 * dump_header() prints the report. */
+	if (pending && pending->pending && memcg && pending->memcg == (__u64)memcg)
+		emit_memcg_oom(memcg, pending->memcg_id, pending->gfp_mask, pending->order, pending->tier);
+#endif
+	ctx.memcg_id = memcg_id(memcg);
 	ctx.constraint = read_u32(oc, OFF_OC_CONSTRAINT);
 	ctx.known = KNOWN_CONSTRAINT | (ctx.memcg_id ? KNOWN_MEMCG : 0);
 	oom_context.update(&pid, &ctx);

@@ -95,10 +95,20 @@ KFUNC_PROBE(try_to_free_mem_cgroup_pages, void *memcg)
 	return near_oom_begin(memcg, OOMTRACE_TIER_FENTRY);
 }
 
+/* fexit finds the return value after the last parameter, so the parameter list must be the
+ * running kernel's (NEAR_OOM_FN_ARGS, from BTF): 4 up to 6.10 (a bool may_swap, later
+ * unsigned int reclaim_options), 5 from 6.11 (int *swappiness added). Only `ret` is read. */
+#ifndef NEAR_OOM_FN_ARGS
+#define NEAR_OOM_FN_ARGS 4 /* BTF lacks the function: then fentry cannot attach to it anyway */
+#endif
+#if NEAR_OOM_FN_ARGS == 5
+KRETFUNC_PROBE(try_to_free_mem_cgroup_pages, void *memcg, unsigned long nr_pages, unsigned int gfp_mask,
+	       unsigned int options, void *swappiness, unsigned long ret)
+#else
 KRETFUNC_PROBE(try_to_free_mem_cgroup_pages, void *memcg, unsigned long nr_pages, unsigned int gfp_mask,
 	       unsigned int options, unsigned long ret)
+#endif
 {
-	/* Only the return value is read: the trailing arguments differ between kernels. */
 	return near_oom_end(ret);
 }
 #elif NEAR_OOM_TIER == OOMTRACE_TIER_KPROBE

@@ -60,16 +60,39 @@ static __always_inline int emit_victim(void *victim, __u32 tier)
 }
 #endif
 
+#if OOM_KILL_TIER == OOMTRACE_TIER_FENTRY || OOM_KILL_TIER == OOMTRACE_TIER_KPROBE
+/* A memory.oom.group kill runs __oom_kill_process() on the chosen victim, then again on
+ * every task of the group, the chosen one included: the kernel logs that victim twice but
+ * marks it once (mark_oom_victim() sets signal->oom_mm, and oom:mark_victim fires, only the
+ * first time). A task already marked is not a new kill. */
+static __always_inline int marked_victim(const void *victim)
+{
+#ifdef OFF_SIGNAL_OOM_MM
+	void *signal = read_ptr(victim, OFF_TASK_SIGNAL);
+
+	return signal && read_ptr(signal, OFF_SIGNAL_OOM_MM);
+#else
+	return 0;
+#endif
+}
+#endif
+
 #if OOM_KILL_TIER == OOMTRACE_TIER_FENTRY
 /* __oom_kill_process(victim, message): once per task killed, group members included. */
 KFUNC_PROBE(__oom_kill_process, void *victim)
 {
+	if (marked_victim(victim))
+		return 0;
 	return emit_victim(victim, OOMTRACE_TIER_FENTRY);
 }
 #elif OOM_KILL_TIER == OOMTRACE_TIER_KPROBE
 int oom_kill_kprobe(struct pt_regs *ctx)
 {
-	return emit_victim((void *)PT_REGS_PARM1(ctx), OOMTRACE_TIER_KPROBE);
+	void *victim = (void *)PT_REGS_PARM1(ctx);
+
+	if (marked_victim(victim))
+		return 0;
+	return emit_victim(victim, OOMTRACE_TIER_KPROBE);
 }
 #elif OOM_KILL_TIER == OOMTRACE_TIER_TRACEPOINT && MARK_VICTIM_RAW
 /* oom:mark_victim as a raw tracepoint: TP_PROTO(struct task_struct *task, uid_t uid) since

@@ -8,7 +8,8 @@ apt-get update -qq
 # bcc (python3-bpfcc: Debian's bcc bindings; PyPI's "bcc" is another project), bpftool for
 # the tests, and a kernel header tree for bcc to compile against: the running kernel's own
 # if Debian has them, else the distribution's current ones (offsets come from BTF anyway).
-apt-get install -y -qq python3-bpfcc python3-venv bpftool util-linux >/dev/null
+# prometheus (with promtool) for the alerting-rule tests, which start their own on loopback.
+apt-get install -y -qq python3-bpfcc python3-venv bpftool util-linux openssl prometheus >/dev/null
 apt-get install -y -qq "linux-headers-$(uname -r)" >/dev/null 2>&1 \
   || apt-get install -y -qq linux-headers-amd64 >/dev/null
 

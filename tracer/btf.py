@@ -53,10 +53,16 @@ class Btf:
         if magic != BTF_MAGIC:
             raise BtfError(f"not a BTF blob (magic {magic:#x})")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
+        end = max(hdr_len + type_off + type_len, hdr_len + str_off + str_len)
+        if end > len(blob):
+            raise BtfError(f"BTF blob truncated: header says {end} bytes, blob has {len(blob)}")
         self._strings = blob[hdr_len + str_off : hdr_len + str_off + str_len]
         self.types: list[BtfType | None] = [None]  # id 0 is void
         self._by_name: dict[tuple[int, str], int] = {}
-        self._parse_types(blob, hdr_len + type_off, hdr_len + type_off + type_len)
+        try:
+            self._parse_types(blob, hdr_len + type_off, hdr_len + type_off + type_len)
+        except struct.error as err:
+            raise BtfError(f"BTF type section is malformed: {err}") from err
 
     @classmethod
     def from_file(cls, path: str | Path = "/sys/kernel/btf/vmlinux") -> "Btf":
@@ -187,6 +193,14 @@ class Btf:
                     if value_name == name:
                         return value
         raise BtfError(f"kernel BTF has no enum value {name}")
+
+    def func_params(self, name: str) -> list[str] | None:
+        """Parameter types of a kernel function (BTF_KIND_FUNC), or None if BTF lacks it."""
+        func = self.find(FUNC, name)
+        if func is None:
+            return None
+        proto = self.type(self.type(func).size_or_type)
+        return [self.type_name(p.type_id) for p in proto.members]
 
     def raw_tracepoint_params(self, tracepoint: str) -> list[str] | None:
         """Parameter types of a raw tracepoint (after the hidden `void *__data`), as C-ish names.

@@ -1,4 +1,4 @@
-"""Command line: `oomtrace run | probes | demo`. Bad input is one line on stderr and exit 2."""
+"""Command line: `oomtrace run | probes | demo | watch`. Bad input is one line on stderr and exit 2."""
 
 import argparse
 import json
@@ -27,14 +27,33 @@ def _env(name: str, default: Any) -> Any:
     return os.environ.get(f"OOMTRACE_{name}", default)
 
 
+_MAX_SECONDS = 1e6  # eleven days: longer than any interval or quiet period makes sense
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value != value:
+    # Also bounds what reaches the BPF programs as nanoseconds in a __u64.
+    if not value > 0:  # also NaN
         raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    if not value <= _MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_SECONDS:g} seconds: {text!r}")
     return value
+
+
+def _int_at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}: {text!r}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-address",
         default=_env("METRICS_ADDRESS", ":9700"),
-        help="host:port for /metrics and /healthz; 'none' to disable "
+        help="host:port for /metrics, /healthz and /events; 'none' to disable "
         "(env OOMTRACE_METRICS_ADDRESS; default %(default)s)",
     )
     run.add_argument(
@@ -72,6 +91,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: run until SIGTERM/SIGINT)",
     )
     run.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
+    _add_attribution_flags(run)
+    run.add_argument(
+        "--stream-replay",
+        type=_int_at_least(0),
+        metavar="N",
+        default=_env("STREAM_REPLAY", "1000"),
+        help="GET /events: how many recent events are kept for clients that resume "
+        "(Last-Event-ID, ?since=) (default %(default)s)",
+    )
+    run.add_argument(
+        "--stream-max-clients",
+        type=_int_at_least(1),
+        metavar="N",
+        default=_env("STREAM_MAX_CLIENTS", "16"),
+        help="GET /events: concurrent clients; more are answered 503 (default %(default)s)",
+    )
+    run.add_argument(
+        "--stream-client-queue",
+        type=_int_at_least(1),
+        metavar="N",
+        default=_env("STREAM_CLIENT_QUEUE", "1000"),
+        help="GET /events: events queued for one client; a client that falls this far behind is "
+        "dropped and counted, never waited for (default %(default)s)",
+    )
+
+    from tracer.loki import add_arguments as add_loki_arguments
+
+    add_loki_arguments(run)
 
     show = commands.add_parser(
         "probes", help="print which tier each probe would use on this kernel, and why, without attaching"
@@ -91,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracing_flags(demo)
     demo.add_argument(
         "--limit-mib", type=int, default=64, help="memory limit of the demo cgroup (default %(default)s)"
+    )
+    from tracer.watch import add_arguments as add_watch_arguments
+
+    add_watch_arguments(
+        commands.add_parser(
+            "watch",
+            help="follow a node's live events (GET /events): one line per event, or --json",
+            description="Follow the live event stream of an oomtrace on ADDRESS: one line per event "
+            "(coloured on a terminal unless NO_COLOR is set), or JSON lines with --json. Reconnects "
+            "with backoff and resumes after the last event seen (Last-Event-ID).",
+        )
     )
     return parser
 
@@ -134,6 +192,155 @@ def _add_tracing_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_attribution_flags(parser: argparse.ArgumentParser) -> None:
+    """Kubernetes names, VM attribution and overhead advice (tracer.kube, tracer.vm, tracer.overhead)."""
+    from tracer import kube, overhead
+
+    def version(text: str) -> tuple[int, int]:
+        try:
+            return overhead.parse_version(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    def allowlist(text: str) -> kube.Allowlist:
+        try:
+            return kube.Allowlist.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    def timeout_ms(text: str) -> float:
+        value = _positive_float(text)
+        if value > 10_000:
+            raise argparse.ArgumentTypeError(f"must be at most 10000 ms: {text!r}")
+        return value
+
+    group = parser.add_argument_group("Kubernetes and VM attribution (docs/attribution.md)")
+    group.add_argument(
+        "--kube",
+        choices=("none", "kubelet", "apiserver"),
+        default=_env("KUBE", "none"),
+        help="where pod names come from: none (cgroup tags only; default), kubelet (this node's "
+        "kubelet /pods) or apiserver (a watch of this node's pods) (env OOMTRACE_KUBE)",
+    )
+    group.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=_env("KUBECONFIG", None),
+        help="--kube apiserver outside a cluster: the kubeconfig to use (default: in-cluster "
+        "service account, else $KUBECONFIG)",
+    )
+    group.add_argument(
+        "--kubelet-url",
+        default=_env("KUBELET_URL", kube.DEFAULT_KUBELET_URL),
+        help="--kube kubelet: the kubelet's address (default %(default)s)",
+    )
+    group.add_argument(
+        "--kubelet-ca",
+        type=Path,
+        default=_env("KUBELET_CA", None),
+        help="--kube kubelet: CA bundle for the kubelet's serving certificate",
+    )
+    group.add_argument(
+        "--kubelet-insecure-tls",
+        action="store_true",
+        default=_env("KUBELET_INSECURE_TLS", "") == "1",
+        help="--kube kubelet: do not verify the kubelet's certificate (often self-signed)",
+    )
+    group.add_argument(
+        "--label-allowlist",
+        type=allowlist,
+        default=_env("LABEL_ALLOWLIST", ",".join(kube.DEFAULT_ALLOWLIST)),
+        metavar="KEYS",
+        help="comma-separated pod label/annotation keys (globs allowed) copied into events "
+        "(default %(default)s)",
+    )
+    group.add_argument(
+        "--kube-deleted-grace",
+        type=_positive_float,
+        default=_env("KUBE_DELETED_GRACE", kube.DEFAULT_GRACE_S),
+        metavar="SECONDS",
+        help="keep naming a pod this long after it was deleted (default %(default)s)",
+    )
+    group.add_argument(
+        "--enrich-timeout-ms",
+        type=timeout_ms,
+        default=_env("ENRICH_TIMEOUT_MS", kube.DEFAULT_TIMEOUT_S * 1000),
+        metavar="MS",
+        help="longest an event waits for pod metadata not yet known (default %(default)s)",
+    )
+    group.add_argument(
+        "--kubevirt-version",
+        type=version,
+        default=_env("KUBEVIRT_VERSION", overhead.DEFAULT_KUBEVIRT_VERSION),
+        help="KubeVirt release whose overhead formula applies (default %(default)s, as in Harvester 1.4)",
+    )
+    group.add_argument(
+        "--vm-scan-interval",
+        type=_positive_float,
+        default=_env("VM_SCAN_INTERVAL", 2.0),
+        metavar="SECONDS",
+        help="how often new processes are checked for QEMU (default %(default)s)",
+    )
+
+
+def _attribution(args: argparse.Namespace, daemon: Any) -> Any:
+    """Adds the attribution stages (docs/attribution.md) and starts their sources; returns a closer."""
+    from tracer import kube, memsnap, overhead, vm
+
+    memory_root, proc_root = Path(daemon.resolver.memory_root), daemon.config.proc_root
+    failures = kube.enrichment_failures(daemon.registry)
+
+    def complain(stage: str) -> Any:
+        def on_error(message: str) -> None:
+            failures.labels(stage, kube.ERROR).inc()
+            daemon.log.error(message)
+
+        return on_error
+
+    def log(level: str, message: str, fields: dict[str, Any]) -> None:
+        getattr(daemon.log, level)(message, **fields)
+
+    if args.kube not in ("none", "kubelet", "apiserver"):  # argparse checks choices on the command line only
+        raise UsageError(f"--kube (or OOMTRACE_KUBE) must be none, kubelet or apiserver, not {args.kube!r}")
+    cache = kube.PodCache(grace_s=float(args.kube_deleted_grace))
+    source: Any = None
+    try:
+        if args.kube == "kubelet":
+            source = kube.KubeletSource(
+                cache, args.label_allowlist, args.kubelet_url,
+                ca_file=args.kubelet_ca, insecure=args.kubelet_insecure_tls, log=log,
+            )  # fmt: skip
+        elif args.kube == "apiserver":
+            client = kube.api_client(args.kubeconfig)
+            source = kube.ApiServerSource(cache, args.label_allowlist, client, daemon.config.node, log=log)
+    except kube.KubeError as err:
+        raise UsageError(str(err)) from None
+    stage = kube.KubeStage(cache, source, float(args.enrich_timeout_ms) / 1000, failures) if source else None
+    locator = vm.VmLocator(
+        memory_root, proc_root, float(args.vm_scan_interval),
+        on_found=lambda found: daemon.log.info(
+            "vm found", pod_uid=found.pod_uid, vm=found.info.vm, pid=found.info.pid,
+            guest_memory_bytes=found.info.guest_memory_bytes, vcpus=found.info.vcpus,
+        ),
+    )  # fmt: skip
+    if stage is not None:
+        daemon.add_stage(stage)
+    daemon.add_stage(vm.VmStage(locator, proc_root, stage.pod_hint if stage else None, complain("vm")))
+    daemon.add_stage(memsnap.SnapshotStage(memory_root, proc_root, on_error=complain("memsnap")))
+    version, vm_info = args.kubevirt_version, locator.known
+    daemon.add_stage(overhead.OverheadStage(memory_root, version, vm_info, complain("overhead"), proc_root))
+    if source is not None:
+        source.start()
+    locator.start()
+
+    def close() -> None:
+        locator.close()
+        if source is not None:
+            source.close()
+
+    return close
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise UsageError("needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load BPF programs")
@@ -153,10 +360,15 @@ def _run_config(args: argparse.Namespace, duration: float | None = None) -> Any:
         cgroup_root=args.cgroup_root,
         headers_cache=args.headers_cache,
         duration_s=duration if duration is not None else (float(args.duration) if args.duration else None),
+        stream_replay=getattr(args, "stream_replay", 1000),
+        stream_max_clients=getattr(args, "stream_max_clients", 16),
+        stream_client_queue=getattr(args, "stream_client_queue", 1000),
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.source not in ("bpf", "kmsg"):  # argparse checks choices on the command line only
+        raise UsageError(f"--source (or OOMTRACE_SOURCE) must be bpf or kmsg, not {args.source!r}")
     if args.dump_bpf:
         print(dump_bpf(no_btf=args.no_btf, quiet_s=float(args.near_oom_quiet)))
         return 0
@@ -167,20 +379,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             parse_address(args.metrics_address)
         except ValueError as err:
             raise UsageError(f"--metrics-address: {err}") from None
+    from tracer import loki
+
+    try:
+        loki_config = loki.config_from_args(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     _require_root()
     from tracer.daemon import Daemon
 
-    return Daemon(_run_config(args)).run()
+    daemon = Daemon(_run_config(args))
+    close_attribution = _attribution(args, daemon)  # may refuse its flags: before anything starts
+    if loki_config is not None:
+        daemon.add_sink(loki.LokiSink(loki_config, daemon.registry, daemon.log))
+    try:
+        return daemon.run()
+    finally:
+        close_attribution()
 
 
 def dump_bpf(no_btf: bool, quiet_s: float) -> str:
     """The exact program text `run` would compile on this kernel."""
     from tracer import bpf_source, offsets, probes
-    from tracer.btf import Btf
 
     features = probes.detect(use_btf=not no_btf)
     plan = probes.plan(features)
-    constants = offsets.kernel_constants(Btf.from_file()) if features.btf else {}
+    constants = offsets.kernel_constants(features.btf_data) if features.btf_data else {}
     return bpf_source.source(plan, bpf_source.defines(plan, features, constants, quiet_s))
 
 
@@ -235,9 +459,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_run_config(args, duration=60.0), args.limit_mib)
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from tracer.watch import watch
+
+    return watch(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "probes": cmd_probes, "demo": cmd_demo}
+    handlers = {"run": cmd_run, "probes": cmd_probes, "demo": cmd_demo, "watch": cmd_watch}
     from tracer.btf import BtfError
     from tracer.headers import HeadersError
     from tracer.loader import LoadError

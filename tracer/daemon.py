@@ -26,6 +26,7 @@ from tracer.enrich import Enricher, WallClock
 from tracer.metrics import HttpServer, Metrics, start_http_server
 from tracer.near_oom import NearOomSummarizer
 from tracer.output import EventWriter, diagnostics
+from tracer.stream import DEFAULT_CLIENT_QUEUE, DEFAULT_MAX_CLIENTS, DEFAULT_REPLAY, StreamHub
 
 # An enrichment step: takes an event, returns it with more fields (never fewer).
 Stage = Callable[[dict[str, Any]], dict[str, Any]]
@@ -52,6 +53,9 @@ class RunConfig:
     duration_s: float | None  # stop after this long (tests, demos); None: until signalled
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
+    stream_replay: int = DEFAULT_REPLAY  # events kept for /events clients that resume
+    stream_max_clients: int = DEFAULT_MAX_CLIENTS
+    stream_client_queue: int = DEFAULT_CLIENT_QUEUE  # events queued per /events client before it is dropped
 
 
 def default_node_name() -> str:
@@ -86,6 +90,13 @@ class Daemon:
         self.stages: list[Stage] = []
         self.sinks: list[Sink] = []
         self._http: HttpServer | None = None
+        # The live stream (GET /events): a sink the HTTP server serves; none without a server.
+        self.stream: StreamHub | None = None
+        if config.metrics_address is not None:
+            self.stream = StreamHub(
+                self.registry, config.stream_replay, config.stream_max_clients, config.stream_client_queue
+            )
+            self.add_sink(self.stream)
 
     def health(self) -> tuple[bool, str]:
         stalled = time.monotonic() - self.last_loop
@@ -124,7 +135,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         if self.config.metrics_address is not None:
-            self._http = start_http_server(self.config.metrics_address, self.registry, self.health)
+            self._http = start_http_server(
+                self.config.metrics_address, self.registry, self.health, self.stream
+            )
             self.log.info(
                 "serving /metrics and /healthz", address=self.config.metrics_address, port=self._http.port
             )
@@ -145,7 +158,6 @@ class Daemon:
 
     def _run_bpf(self) -> int:
         from tracer import loader, offsets
-        from tracer.btf import Btf
         from tracer.headers import find_headers
 
         cfg = self.config
@@ -154,7 +166,7 @@ class Daemon:
         plan = probes.plan(features)
         for note in plan.notes:
             self.log.warning(note)
-        btf = Btf.from_file(cfg.sys_root / "kernel/btf/vmlinux") if features.btf else None
+        btf = features.btf_data
         constants = offsets.kernel_constants(btf) if btf else {}
         decoder = Decoder(resource.getpagesize(), offsets.constraint_names(btf))
         headers = find_headers(features.release, cache_dir=cfg.headers_cache)
@@ -176,6 +188,7 @@ class Daemon:
         )
         try:
             self.attached = True
+            self.last_loop = time.monotonic()
             self.metrics.set_probes((c.probe, c.tier, c.target or "-") for c in tracer.plan.choices)
             for choice in tracer.plan.choices:
                 self.log.info(
@@ -217,6 +230,8 @@ class Daemon:
             self.log.warning("tracefs is not mounted and mounting it failed", error=result.stderr.strip())
 
     def _loop(self, poll: Callable[[int], None], every_interval: Callable[[], None]) -> None:
+        # Start-up (BTF parse, compile) may take seconds: the stall clock starts here.
+        self.last_loop = time.monotonic()
         deadline = self._deadline()
         next_tick = time.monotonic() + self.config.interval_s
         while not self._should_stop(deadline):
@@ -252,6 +267,7 @@ class Daemon:
         offset_ns = printk_offset_ns()
         with KmsgReader() as reader:
             self.attached = True
+            self.last_loop = time.monotonic()
             self.metrics.set_probes([("oom_report", "kmsg", "/dev/kmsg")])
             self.log.info("tracing the kernel log (no BPF)", printk_offset_ns=offset_ns)
             self.log.info("tracing", node=self.config.node)

@@ -60,7 +60,9 @@ def find_headers(
         return HeaderTree(tree, "BCC_KERNEL_SOURCE")
     candidates = []
     for arch in src_root.glob("linux-headers-*-*"):
-        match = re.fullmatch(r"linux-headers-(.+)-(amd64|arm64)", arch.name)
+        # <abi>-<flavour>: 6.1.0-56-amd64, 6.1.0-56-cloud-amd64, 6.1.0-56-rt-arm64; all flavours
+        # of one ABI share linux-headers-<abi>-common.
+        match = re.fullmatch(r"linux-headers-(\d+\.\d+[^-]*-\d+)-((?:[a-z]+-)?(?:amd64|arm64))", arch.name)
         if match and (src_root / f"linux-headers-{match.group(1)}-common").is_dir():
             candidates.append((match.group(1), arch))
     if not candidates:
@@ -73,7 +75,7 @@ def find_headers(
         return [int(x) for x in re.findall(r"\d+", item[0])]
 
     version, arch = max(candidates, key=version_key)
-    merged = cache_dir / f"headers-{version}-{arch.name.rsplit('-', 1)[1]}"
+    merged = cache_dir / f"headers-{arch.name.removeprefix('linux-headers-')}"
     if not (merged / "include/linux/kconfig.h").exists():
         merged.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(merged, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Prometheus metrics for oomtrace events, and the HTTP server for /metrics and /healthz.
+"""Prometheus metrics for oomtrace events, and the HTTP server for /metrics, /healthz and /events.
 
 Metrics go into a registry passed in by the caller (never the process-wide default), so each
 test builds its own. Labels are bounded: the Kubernetes/VM names an enrichment step may add to
@@ -29,6 +29,7 @@ from prometheus_client.exposition import choose_encoder
 
 from tracer import __version__
 from tracer.schema import KINDS, MEMCG_OOM, NEAR_OOM, OOM_KILL
+from tracer.stream import EventsEndpoint, StreamHub
 
 # Label names of every per-event counter; values come from enrichment keys of the same name.
 LABELS: Final = ("namespace", "pod", "container", "vm")
@@ -90,6 +91,20 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        # A VM pod's memory outside guest RAM, against what its limit leaves for it, as of its
+        # last event with an overhead analysis (tracer/overhead.py).
+        self._vm_non_guest = Gauge(
+            "oomtrace_vm_non_guest_usage_bytes",
+            "A VM pod's memory usage minus its guest RAM, at its last analysed event.",
+            list(LABELS),
+            registry=registry,
+        )
+        self._vm_budget = Gauge(
+            "oomtrace_vm_overhead_budget_bytes",
+            "What a VM pod's memory limit leaves beyond guest RAM (limit - guest memory).",
+            list(LABELS),
+            registry=registry,
+        )
         self._last_event = Gauge(
             "oomtrace_last_event_timestamp_seconds",
             "Unix time at which the last event was observed.",
@@ -136,6 +151,12 @@ class Metrics:
                 amounts.append((self._near_oom[field], value * scale))
 
         labels = [_label(event.get(name)) for name in LABELS]
+        overhead = event.get("overhead")
+        if isinstance(overhead, Mapping) and event.get("vm"):
+            used, budget = overhead.get("non_guest_usage_bytes"), overhead.get("overhead_budget_bytes")
+            if isinstance(used, int) and isinstance(budget, int):
+                self._vm_non_guest.labels(*labels).set(used)
+                self._vm_budget.labels(*labels).set(budget)
         self._events.labels(kind).inc()
         self._last_event.set(self._clock())
         if kind == MEMCG_OOM:
@@ -275,6 +296,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.INTERNAL_SERVER_ERROR, f"collecting metrics failed: {e}\n", body)
                 return
             self._send(HTTPStatus.OK, payload, body, content_type)
+        elif path == "/events" and self.server.events is not None:
+            self.server.events.serve(self, body)
         elif path == "/healthz":
             try:
                 ok, message = self.server.health()
@@ -282,7 +305,8 @@ class _Handler(BaseHTTPRequestHandler):
                 ok, message = False, f"health check failed: {e}"
             self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, message + "\n", body)
         else:
-            self._send(HTTPStatus.NOT_FOUND, "not found; try /metrics or /healthz\n", body)
+            routes = "/metrics, /healthz or /events" if self.server.events else "/metrics or /healthz"
+            self._send(HTTPStatus.NOT_FOUND, f"not found; try {routes}\n", body)
 
     def _send(
         self,
@@ -313,10 +337,12 @@ class _Server(ThreadingHTTPServer):
         dual_stack: bool,
         registry: CollectorRegistry,
         health: Health,
+        stream: StreamHub | None = None,
     ) -> None:
         self.address_family = family
         self.registry = registry
         self.health = health
+        self.events = EventsEndpoint(stream) if stream is not None else None
         self._dual_stack = dual_stack
         super().__init__(sockaddr, _Handler)
 
@@ -357,6 +383,8 @@ class HttpServer:
         if self._closed:
             return
         self._closed = True
+        if self._server.events is not None:
+            self._server.events.close()  # end the /events streams this server serves
         self._server.shutdown()  # waits for serve_forever's poll loop
         self._server.server_close()
         self._thread.join()
@@ -370,8 +398,11 @@ class HttpServer:
         self.close()
 
 
-def start_http_server(address: str, registry: CollectorRegistry, health: Health) -> HttpServer:
-    """Serve /metrics and /healthz on `address` from a daemon thread, and return at once.
+def start_http_server(
+    address: str, registry: CollectorRegistry, health: Health, stream: StreamHub | None = None
+) -> HttpServer:
+    """Serve /metrics and /healthz (and /events from `stream`, if given) on `address` from a
+    daemon thread, and return at once.
 
     Raises ValueError for an address that does not parse or resolve, OSError if it cannot be bound
     (e.g. in use). `:port` listens on IPv6 and IPv4 where the host has IPv6, else on IPv4 only.
@@ -379,18 +410,18 @@ def start_http_server(address: str, registry: CollectorRegistry, health: Health)
     host, port = parse_address(address)
     if host == "":
         try:
-            return _listen(address, socket.AF_INET6, ("::", port), True, registry, health)
+            return _listen(address, socket.AF_INET6, ("::", port), True, registry, health, stream)
         except OSError as e:
             # No IPv6 on this host: fall back to IPv4 only. Anything else is the caller's to see.
             if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
-        return _listen(address, socket.AF_INET, ("0.0.0.0", port), False, registry, health)
+        return _listen(address, socket.AF_INET, ("0.0.0.0", port), False, registry, health, stream)
     try:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ValueError(f"bad listen address {address!r}: cannot resolve {host!r}: {e.strerror}") from None
     family, _type, _proto, _name, sockaddr = infos[0]
-    return _listen(address, family, sockaddr, False, registry, health)
+    return _listen(address, family, sockaddr, False, registry, health, stream)
 
 
 def _listen(
@@ -400,9 +431,10 @@ def _listen(
     dual_stack: bool,
     registry: CollectorRegistry,
     health: Health,
+    stream: StreamHub | None = None,
 ) -> HttpServer:
     try:
-        server = _Server(family, sockaddr, dual_stack, registry, health)
+        server = _Server(family, sockaddr, dual_stack, registry, health, stream)
     except OSError as e:
         raise OSError(e.errno, f"cannot listen on {address!r}: {e.strerror}") from e
     return HttpServer(server)

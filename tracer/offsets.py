@@ -29,6 +29,15 @@ _MEMBERS = (
     ("OFF_OC_CONSTRAINT", "oom_control", "constraint"),
 )
 
+# Read when the kernel's BTF has them; the programs have a fallback for each.
+_OPTIONAL_MEMBERS = (
+    # Set by mark_oom_victim(): a task with it is already a victim (see oom_kill.bpf.c).
+    ("OFF_SIGNAL_OOM_MM", "signal_struct", "oom_mm"),
+)
+# Parameter count of functions whose fexit program must find the return value after the
+# last parameter: try_to_free_mem_cgroup_pages() gained `int *swappiness` in 6.11.
+_FUNCTION_ARGS = (("NEAR_OOM_FN_ARGS", "try_to_free_mem_cgroup_pages"),)
+
 _ENUMS = (
     ("MEMORY_CGRP_ID", "memory_cgrp_id"),
     ("MM_FILEPAGES_IDX", "MM_FILEPAGES"),
@@ -65,10 +74,18 @@ def _rss_stat_layout(btf: Btf) -> tuple[int, int]:
 
 
 def kernel_constants(btf: Btf) -> dict[str, int]:
-    """Every OFF_*/enum constant the BPF programs need; raises BtfError if one is missing."""
+    """Every OFF_*/enum constant the BPF programs need; raises BtfError if one is missing.
+    The optional ones (_OPTIONAL_MEMBERS, _FUNCTION_ARGS) are left out when BTF lacks them."""
     constants = {macro: btf.offset(struct, path) for macro, struct, path in _MEMBERS}
     constants.update({macro: btf.enum_value(name) for macro, name in _ENUMS})
     constants["RSS_STAT_STRIDE"], constants["RSS_STAT_INNER"] = _rss_stat_layout(btf)
+    for macro, struct, path in _OPTIONAL_MEMBERS:
+        if btf.has_member(struct, path):
+            constants[macro] = btf.offset(struct, path)
+    for macro, function in _FUNCTION_ARGS:
+        params = btf.func_params(function)
+        if params is not None:
+            constants[macro] = len(params)
     return constants
 
 

@@ -55,6 +55,8 @@ class KernelFeatures:
     mark_victim_raw_task: bool  # raw oom:mark_victim passes the victim's task_struct
     mark_victim_fields: frozenset[str]
     cgroup2_memory: bool  # pure cgroup v2 with the memory controller at the root
+    # The parsed kernel BTF when usable, so callers need not parse it (~1 s) again.
+    btf_data: "Btf | None" = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class Plan:
         """The same plan with `probe` moved below its current tier (after a refused load)."""
         current = self.choice(probe)
         below = TIER_ORDER[TIER_ORDER.index(current.tier) + 1 :] if current.tier in TIER_ORDER else ()
-        choice = _choose(probe, features, self.btf, allowed=below, first_reason=f"{current.tier}: {reason}")
+        refused = "; ".join(r for r in (current.reason, f"{current.tier}: {reason}") if r)
+        choice = _choose(probe, features, self.btf, allowed=below, first_reason=refused)
         return replace(self, choices=tuple(choice if c.probe == probe else c for c in self.choices))
 
 
@@ -100,9 +103,18 @@ def read_symbols(kallsyms: Path) -> frozenset[str]:
     return frozenset(names)
 
 
+def _exists(path: Path) -> bool:
+    """Like Path.exists(), but a directory this user may not search (tracefs is 0700) is
+    "not there" rather than an exception."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def _tracefs(sys_root: Path) -> Path | None:
     for candidate in (sys_root / "kernel/tracing", sys_root / "kernel/debug/tracing"):
-        if (candidate / "events").is_dir():
+        if _exists(candidate / "events"):
             return candidate
     return None
 
@@ -131,6 +143,7 @@ def detect(
 
     btf_path = btf_path or sys_root / "kernel/btf/vmlinux"
     btf_ok, btf_error, raw_task, fentry_refusal = False, None, False, None
+    btf: Btf | None = None
     if not use_btf:
         btf_error = "disabled by --no-btf"
     elif not btf_path.exists():
@@ -146,7 +159,7 @@ def detect(
             raw_task = bool(params) and params[0] == "struct task_struct *"
             fentry_refusal = _fentry_refusal(btf)
         except BtfError as err:
-            btf_error = str(err)
+            btf_error, btf = str(err), None
 
     tracefs = _tracefs(sys_root)
     tracepoints = set()
@@ -165,8 +178,8 @@ def detect(
                     if line.startswith("field:") and not line.split(";")[0].split()[-1].startswith("common_"):
                         mark_victim_fields.add(line.split(";")[0].split()[-1])
 
-    kprobes = (sys_root / "bus/event_source/devices/kprobe").exists() or (
-        tracefs is not None and (tracefs / "kprobe_events").exists()
+    kprobes = _exists(sys_root / "bus/event_source/devices/kprobe") or (
+        tracefs is not None and _exists(tracefs / "kprobe_events")
     )
     if not btf_ok:
         fentry, fentry_reason = False, "needs kernel BTF"
@@ -195,6 +208,7 @@ def detect(
         mark_victim_raw_task=raw_task and btf_ok,
         mark_victim_fields=frozenset(mark_victim_fields),
         cgroup2_memory=cgroup2_memory,
+        btf_data=btf if btf_ok else None,
     )
 
 

@@ -116,9 +116,17 @@ class PodSandbox:
             level = level / part
 
     def spawn(
-        self, name: str, total_mib: int, step_s: float = 0.0, hold_s: float = 30.0
+        self,
+        name: str,
+        total_mib: int,
+        step_s: float = 0.0,
+        hold_s: float = 30.0,
+        command: list[str] | None = None,
     ) -> "subprocess.Popen[bytes]":
-        """Starts the allocator in the container cgroup (moved in before it allocates)."""
+        """Starts the allocator in the container cgroup (moved in before it allocates).
+
+        `command` runs instead of the allocator (e.g. a fake QEMU); it must cap its own memory.
+        """
         procs = [self.dir(self.container_path, root) / "cgroup.procs" for root in self.roots]
 
         def enter() -> None:
@@ -126,7 +134,7 @@ class PodSandbox:
                 _write(path, str(os.getpid()))
 
         process = subprocess.Popen(
-            [sys.executable, "-c", ALLOCATOR, name, str(total_mib), str(step_s), str(hold_s)],
+            command or [sys.executable, "-c", ALLOCATOR, name, str(total_mib), str(step_s), str(hold_s)],
             preexec_fn=enter,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

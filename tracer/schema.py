@@ -21,6 +21,23 @@ COMMON_FIELDS: Final = ("event", "ts", "ktime_ns", "node", "tier")
 
 TRIGGER_FIELDS: Final = ("trigger_pid", "trigger_tgid", "trigger_comm", "trigger_memcg")
 
+# Kubernetes and VM attribution (tracer.kube, tracer.vm, tracer.memsnap, tracer.overhead; see
+# docs/attribution.md); present on every event, None when unknown or not applicable.
+ATTRIBUTION_FIELDS: Final = (
+    "namespace",
+    "pod",
+    "container",  # the container's name
+    "labels",  # allow-listed pod labels, {key: value}
+    "annotations",  # allow-listed pod annotations, {key: value}
+    "owner",  # the controlling owner, {"kind": ..., "name": ...}
+    "vm",  # "<namespace>/<vmi>" of a KubeVirt VM pod
+    "guest_memory_bytes",  # the VM's RAM, from QEMU's command line
+    "vcpus",
+    "trigger_role",  # qemu, vcpu, virt-launcher, virt-launcher-monitor, virtqemud, libvirtd, virtlogd, other
+    "overhead",  # VM pods: limit vs guest memory, KubeVirt's formula, a Harvester recommendation
+    "memory_snapshot",  # memcg_oom/oom_kill: the OOMing cgroup's memory.stat and top tasks
+)
+
 FIELDS: Final[dict[str, tuple[str, ...]]] = {
     # A cgroup whose charges fail at its limit and which reclaims to make room.
     NEAR_OOM: (
@@ -65,6 +82,7 @@ FIELDS: Final[dict[str, tuple[str, ...]]] = {
         "oom_memcg_id",
         "constraint",  # "memcg", "global", "cpuset", "memory_policy" or None
         *TRIGGER_FIELDS,
+        "victim_role",  # as trigger_role, for the victim
     ),
 }
 
@@ -73,6 +91,6 @@ def blank_event(kind: str) -> dict[str, Any]:
     """An event of `kind` with every field present and unknown."""
     if kind not in FIELDS:
         raise ValueError(f"unknown event kind {kind!r}")
-    event: dict[str, Any] = dict.fromkeys(COMMON_FIELDS + FIELDS[kind] + TAG_FIELDS)
+    event: dict[str, Any] = dict.fromkeys(COMMON_FIELDS + FIELDS[kind] + TAG_FIELDS + ATTRIBUTION_FIELDS)
     event["event"] = kind
     return event

@@ -424,3 +424,34 @@ def test_close_stops_serving_and_can_be_called_twice(registry: CollectorRegistry
     srv.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+
+
+def test_a_vm_event_with_an_overhead_analysis_sets_the_vm_overhead_gauges() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, kernel="test")
+    event = blank_event(OOM_KILL)
+    event.update(namespace="default", pod="virt-launcher-vm2-x7k2p", container="compute", vm="default/vm2")
+    event["overhead"] = {"non_guest_usage_bytes": 300 << 20, "overhead_budget_bytes": 353 << 20}
+    metrics.observe(event)
+    labels = {
+        "namespace": "default",
+        "pod": "virt-launcher-vm2-x7k2p",
+        "container": "compute",
+        "vm": "default/vm2",
+    }
+    assert registry.get_sample_value("oomtrace_vm_non_guest_usage_bytes", labels) == 300 << 20
+    assert registry.get_sample_value("oomtrace_vm_overhead_budget_bytes", labels) == 353 << 20
+
+
+def test_an_event_outside_a_vm_sets_no_vm_overhead_gauge() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, kernel="test")
+    event = blank_event(OOM_KILL)
+    event["overhead"] = {"non_guest_usage_bytes": 1, "overhead_budget_bytes": 2}
+    metrics.observe(event)
+    assert (
+        registry.get_sample_value(
+            "oomtrace_vm_overhead_budget_bytes", {"namespace": "", "pod": "", "container": "", "vm": ""}
+        )
+        is None
+    )
