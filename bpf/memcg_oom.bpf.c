@@ -8,7 +8,11 @@
  * and then nothing is killed and nothing printed. So its entry only notes the OOM (pending)
  * and the event goes out when oom_kill_process() shows the kernel going ahead, or when the
  * OOM ends with no victim to kill (the kernel reports that too). Without an oom_kill_process
- * probe (OOM_CONTEXT_TIER 0) the entry sends it at once, as the best available. */
+ * probe (OOM_CONTEXT_TIER 0) the entry sends it at once, as the best available.
+ *
+ * The page counter is read on entry, right after the charge failed: usage = limit for an
+ * order-0 charge. By the time the kernel prints its report, usage may have dropped by
+ * other CPUs' charge stock, drained asynchronously (seen on 5.10 and 6.1). */
 
 /* What the OOM in progress in a task is about, for the oom_kill events it causes:
  * written on entry to mem_cgroup_out_of_memory() and oom_kill_process(). */
@@ -17,6 +21,9 @@ struct oom_context {
 	__u32 constraint;
 	__u32 known;		/* KNOWN_MEMCG / KNOWN_CONSTRAINT */
 	__u64 memcg;		/* struct mem_cgroup * of a pending memcg OOM */
+	__u64 usage;		/* its page counter on entry to mem_cgroup_out_of_memory() */
+	__u64 limit;
+	__u64 failcnt;
 	__u32 gfp_mask;
 	__s32 order;
 	__u32 pending;		/* 1: memcg_oom event not sent yet */
@@ -32,19 +39,21 @@ BPF_HASH(oom_context, __u32, struct oom_context, 1024);
 #endif
 
 #if MEMCG_OOM_TIER == OOMTRACE_TIER_FENTRY || MEMCG_OOM_TIER == OOMTRACE_TIER_KPROBE
-/* memcg: the OOMing cgroup, the one over its limit; often the pod, an ancestor of the
- * trigger's own memcg. Its page counter is read when the event is sent. */
-static __always_inline int emit_memcg_oom(void *memcg, __u64 id, __u32 gfp_mask, int order, __u32 tier)
+/* oc describes the OOMing cgroup, the one over its limit: often the pod, an ancestor of
+ * the trigger's own memcg. */
+static __always_inline int emit_memcg_oom(const struct oom_context *oc)
 {
-	struct oomtrace_event *e = reserve_event(OOMTRACE_MEMCG_OOM, tier);
+	struct oomtrace_event *e = reserve_event(OOMTRACE_MEMCG_OOM, oc->tier);
 
 	if (!e)
 		return 0;
 	fill_trigger(e);
-	e->memcg_id = id;
-	memcg_counter(memcg, &e->usage_pages, &e->limit_pages, &e->failcnt);
-	e->gfp_mask = gfp_mask;
-	e->order = order;
+	e->memcg_id = oc->memcg_id;
+	e->usage_pages = oc->usage;
+	e->limit_pages = oc->limit;
+	e->failcnt = oc->failcnt;
+	e->gfp_mask = oc->gfp_mask;
+	e->order = oc->order;
 	e->known |= KNOWN_MEMCG | KNOWN_USAGE_LIMIT | KNOWN_FAILCNT | KNOWN_GFP_ORDER;
 	events.ringbuf_submit(e, 0);
 	return 0;
@@ -59,13 +68,14 @@ static __always_inline int on_memcg_oom(void *memcg, __u32 gfp_mask, int order, 
 	oc.constraint = CONSTRAINT_MEMCG_VALUE;
 	oc.known = KNOWN_MEMCG | KNOWN_CONSTRAINT;
 	oc.memcg = (__u64)memcg;
+	memcg_counter(memcg, &oc.usage, &oc.limit, &oc.failcnt);
 	oc.gfp_mask = gfp_mask;
 	oc.order = order;
 	oc.pending = MEMCG_OOM_DEFERRED;
 	oc.tier = tier;
 	oom_context.update(&pid, &oc);
 	if (!oc.pending)
-		return emit_memcg_oom(memcg, oc.memcg_id, gfp_mask, order, tier);
+		return emit_memcg_oom(&oc);
 	return 0;
 }
 
@@ -78,7 +88,7 @@ static __always_inline int on_memcg_oom_return(__u8 handled)
 	/* Still pending: oom_kill_process() never ran. Called off (true), or no victim
 	 * (false, after the kernel's report of it): only the latter was an OOM. */
 	if (oc && oc->pending && !handled)
-		emit_memcg_oom((void *)oc->memcg, oc->memcg_id, oc->gfp_mask, oc->order, oc->tier);
+		emit_memcg_oom(oc);
 	oom_context.delete(&pid);
 	return 0;
 }
@@ -122,7 +132,7 @@ static __always_inline int on_oom_kill_process(void *oc)
 	/* The kernel goes ahead with the memcg OOM noted on entry: send it now, before
 	 * dump_header() prints the report. */
 	if (pending && pending->pending && memcg && pending->memcg == (__u64)memcg)
-		emit_memcg_oom(memcg, pending->memcg_id, pending->gfp_mask, pending->order, pending->tier);
+		emit_memcg_oom(pending);
 #endif
 	ctx.memcg_id = memcg_id(memcg);
 	ctx.constraint = read_u32(oc, OFF_OC_CONSTRAINT);

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/install.sh
 .venv/bin/ruff check tracer tests
 .venv/bin/mypy
-.venv/bin/pytest tests/unit tests/kernel
+.venv/bin/pytest tests/unit tests/kernel tests/deploy
 if [ -f Makefile ] && grep -q '^test-kernels:' Makefile; then
   make test-kernels
 fi

@@ -11,7 +11,16 @@ from pathlib import Path
 from tracer import probes
 from tracer.probes import KernelFeatures, Plan
 
-BPF_DIR = Path(os.environ.get("OOMTRACE_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
+
+def _bpf_dir() -> Path:
+    """bpf/ of a source checkout, else the copy an installed package ships as tracer/bpf."""
+    if os.environ.get("OOMTRACE_BPF_DIR"):
+        return Path(os.environ["OOMTRACE_BPF_DIR"])
+    checkout = Path(__file__).resolve().parent.parent / "bpf"
+    return checkout if (checkout / "oomtrace.h").exists() else Path(__file__).resolve().parent / "bpf"
+
+
+BPF_DIR = _bpf_dir()
 # Order matters: each file uses what the ones before it define.
 SOURCES = ("oomtrace.h", "kernel_read.h", "near_oom.bpf.c", "memcg_oom.bpf.c", "oom_kill.bpf.c")
 

@@ -43,6 +43,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
+_MAX_COUNT = 1_000_000_000  # more events, clients or pages than this is a typo, and would overflow
+
+
 def _int_at_least(minimum: int) -> Any:
     def parse(text: str) -> int:
         try:
@@ -51,9 +54,19 @@ def _int_at_least(minimum: int) -> Any:
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}: {text!r}")
+        if value > _MAX_COUNT:
+            raise argparse.ArgumentTypeError(f"must be at most {_MAX_COUNT}: {text!r}")
         return value
 
     return parse
+
+
+def _power_of_two(text: str) -> int:
+    """Ring-buffer size in pages: the kernel wants a power of two."""
+    value: int = _int_at_least(1)(text)
+    if value & (value - 1) or value > 1 << 16:
+        raise argparse.ArgumentTypeError(f"must be a power of two from 1 to 65536: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: run until SIGTERM/SIGINT)",
     )
     run.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
+    # Hidden: a smaller ring buffer makes overflow reachable in tests (tests/reliability).
+    run.add_argument(
+        "--ringbuf-pages", type=_power_of_two, default=_env("RINGBUF_PAGES", "64"), help=argparse.SUPPRESS
+    )
     _add_attribution_flags(run)
     run.add_argument(
         "--stream-replay",
@@ -363,6 +380,7 @@ def _run_config(args: argparse.Namespace, duration: float | None = None) -> Any:
         stream_replay=getattr(args, "stream_replay", 1000),
         stream_max_clients=getattr(args, "stream_max_clients", 16),
         stream_client_queue=getattr(args, "stream_client_queue", 1000),
+        ringbuf_pages=getattr(args, "ringbuf_pages", 64),
     )
 
 
@@ -388,7 +406,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _require_root()
     from tracer.daemon import Daemon
 
-    daemon = Daemon(_run_config(args))
+    try:
+        daemon = Daemon(_run_config(args))
+    except ValueError as err:  # e.g. a --cgroup-root with no cgroup hierarchy: the user's to fix
+        raise UsageError(str(err)) from None
     close_attribution = _attribution(args, daemon)  # may refuse its flags: before anything starts
     if loki_config is not None:
         daemon.add_sink(loki.LokiSink(loki_config, daemon.registry, daemon.log))

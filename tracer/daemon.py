@@ -56,6 +56,7 @@ class RunConfig:
     stream_replay: int = DEFAULT_REPLAY  # events kept for /events clients that resume
     stream_max_clients: int = DEFAULT_MAX_CLIENTS
     stream_client_queue: int = DEFAULT_CLIENT_QUEUE  # events queued per /events client before it is dropped
+    ringbuf_pages: int = 64  # size of the events ring buffer (a power of two); smaller only in tests
 
 
 def default_node_name() -> str:
@@ -174,17 +175,33 @@ class Daemon:
             "compiling BPF programs", headers=str(headers.path or "running kernel"), origin=headers.origin
         )
 
+        failures: list[Exception] = []
+
         def on_record(data: bytes) -> None:
+            if failures:
+                return
             try:
                 event = decoder.decode(data)
             except DecodeError as err:
                 self.metrics.lost("decode_error", 1)
                 self.log.error("undecodable record", error=str(err))
                 return
-            self.publish(event)
+            try:
+                self.publish(event)
+            except Exception as err:  # bcc would print it and go on dropping every event: stop instead
+                self.log.error("cannot publish an event; stopping", error=str(err))
+                failures.append(err)
+                self.stop.requested = True
 
         tracer = loader.load(
-            plan, features, constants, headers, on_record, cfg.near_oom_quiet_s, lambda m: self.log.warning(m)
+            plan,
+            features,
+            constants,
+            headers,
+            on_record,
+            cfg.near_oom_quiet_s,
+            lambda m: self.log.warning(m),
+            ringbuf_pages=cfg.ringbuf_pages,
         )
         try:
             self.attached = True
@@ -210,6 +227,8 @@ class Daemon:
                 tracer.poll,
                 lambda: self._interval_bpf(tracer, summarizer, memcg_known),
             )
+            if failures:
+                raise failures[0]
         finally:
             self.attached = False
             tracer.close()

@@ -77,7 +77,15 @@ def find_headers(
     version, arch = max(candidates, key=version_key)
     merged = cache_dir / f"headers-{arch.name.removeprefix('linux-headers-')}"
     if not (merged / "include/linux/kconfig.h").exists():
-        merged.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(merged, ignore_errors=True)
-        _merge(src_root / f"linux-headers-{version}-common", arch, merged)
+        try:
+            merged.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(merged, ignore_errors=True)
+            _merge(src_root / f"linux-headers-{version}-common", arch, merged)
+        except OSError as err:
+            # Read-only or full: leave no half-built tree behind to fill it further.
+            shutil.rmtree(merged.with_name(merged.name + ".partial"), ignore_errors=True)
+            raise HeadersError(
+                f"cannot build the merged kernel header tree in {cache_dir}: {err.strerror or err}; "
+                "give --headers-cache a writable directory (about 16,000 symlinks) or set BCC_KERNEL_SOURCE"
+            ) from None
     return HeaderTree(merged, f"foreign {version}")

@@ -97,13 +97,18 @@ _CALIBRATION_TRIES: Final = 3
 _CALIBRATION_TIMEOUT_NS: Final = 1_000_000_000
 
 
+# The pr_cont() parts that follow the first part of an oom-kill: line (mm/oom_kill.c
+# dump_oom_victim(), cpuset_print_current_mems_allowed(), mem_cgroup_print_oom_context()).
+_SUMMARY_PARTS: Final = (",cpuset=", ",mems_allowed=", ",oom_memcg=", ",global_oom", ",task_memcg=", ",task=")
+
+
 def _continues_summary(partial: str, line: str) -> bool:
     """Whether `line` can be the next pr_cont() part of a split oom-kill: line.
 
-    The parts start with "," (",cpuset=", ",oom_memcg=", ",task=...") or, after
-    a "...memcg=" part, are a cgroup path.
+    The parts start with one of _SUMMARY_PARTS or, after a "...memcg=" part, are a
+    cgroup path. Another CPU's line that merely starts with "," is not one of them.
     """
-    return line.startswith(",") or (partial.endswith("memcg=") and line.startswith("/"))
+    return line.startswith(_SUMMARY_PARTS) or (partial.endswith("memcg=") and line.startswith("/"))
 
 
 def _summary_marker(key: str) -> str:

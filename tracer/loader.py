@@ -92,6 +92,7 @@ def load(
     on_record: Callable[[bytes], None],
     near_oom_quiet_s: float,
     log: Callable[[str], None],
+    ringbuf_pages: int = 64,
 ) -> Tracer:
     """Compile and attach `plan`, moving a probe down a tier each time the kernel refuses it."""
     from bcc import BPF  # the only bcc import in oomtrace
@@ -99,7 +100,7 @@ def load(
     if headers.path is not None:
         os.environ["BCC_KERNEL_SOURCE"] = str(headers.path)
     for _attempt in range(3 * len(plan.choices) + 1):
-        values = bpf_source.defines(plan, features, constants, near_oom_quiet_s)
+        values = bpf_source.defines(plan, features, constants, near_oom_quiet_s, ringbuf_pages=ringbuf_pages)
         text = bpf_source.source(plan, values)
         bpf = None
         try:

@@ -1,0 +1,67 @@
+"""Kernel ids → cgroup paths → tags: turns a decoded event into the published schema.
+
+Runs per event, so it never walks the filesystem itself: the resolver answers from its
+cache and rescans at most once a second on a miss.
+"""
+
+import time
+from typing import Any, Protocol
+
+from tracer import schema
+from tracer.tags import tags_for_path
+
+# (id field in the decoded event, path field in the schema), per kind; the first pair names
+# the cgroup the event's tags describe.
+_PATHS = {
+    schema.NEAR_OOM: (("memcg_id", "memcg"), ("trigger_memcg_id", "trigger_memcg")),
+    schema.MEMCG_OOM: (("oom_memcg_id", "oom_memcg"), ("trigger_memcg_id", "trigger_memcg")),
+    schema.OOM_KILL: (
+        ("task_memcg_id", "task_memcg"),
+        ("oom_memcg_id", "oom_memcg"),
+        ("trigger_memcg_id", "trigger_memcg"),
+    ),
+}
+# Ids that are only a means to a path: not part of the published schema.
+_INTERNAL_IDS = ("trigger_memcg_id",)
+
+
+class PathResolver(Protocol):
+    def path(self, cgroup_id: int) -> str | None: ...
+
+
+class WallClock:
+    """CLOCK_MONOTONIC (bpf_ktime_get_ns) → RFC 3339 UTC, re-anchored on each refresh so
+    a stepped wall clock is followed."""
+
+    def __init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def rfc3339(self, ktime_ns: int) -> str:
+        wall_ns = ktime_ns + self._offset_ns
+        seconds, nanos = divmod(wall_ns, 1_000_000_000)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}Z"
+
+
+class Enricher:
+    def __init__(self, resolver: PathResolver, node: str, clock: WallClock) -> None:
+        self._resolver = resolver
+        self._node = node
+        self._clock = clock
+
+    def enrich(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Adds node, ts, cgroup paths and tags. Paths already present (kmsg) are kept."""
+        event["node"] = self._node
+        if event.get("ktime_ns") is not None and event.get("ts") is None:
+            event["ts"] = self._clock.rfc3339(event["ktime_ns"])
+        pairs = _PATHS[event["event"]]
+        for id_field, path_field in pairs:
+            cgroup_id = event.get(id_field)
+            if event.get(path_field) is None and cgroup_id is not None:
+                event[path_field] = self._resolver.path(cgroup_id)
+        for field in _INTERNAL_IDS:
+            event.pop(field, None)
+        event.update(tags_for_path(event.get(pairs[0][1])))
+        return event

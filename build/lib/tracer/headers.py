@@ -1,0 +1,91 @@
+"""Finds a kernel header tree for bcc to compile against.
+
+bcc needs headers only to compile: every struct offset oomtrace reads comes from BTF, so
+headers of another kernel are fine. Preference: the running kernel's own headers, a
+tree named by BCC_KERNEL_SOURCE, then Debian-style split packages merged into one tree.
+"""
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class HeadersError(Exception):
+    """No header tree is usable."""
+
+
+@dataclass(frozen=True)
+class HeaderTree:
+    path: Path | None  # None: bcc finds the running kernel's headers itself
+    origin: str  # "running kernel", "BCC_KERNEL_SOURCE", "foreign <version>"
+
+    @property
+    def matching(self) -> bool:
+        return self.origin == "running kernel"
+
+
+def _merge(common: Path, arch: Path, into: Path) -> None:
+    """One symlink tree holding both halves (bcc wants a single directory)."""
+    partial = into.with_name(into.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for half in (common, arch):  # the arch half wins where both have a file
+        for dirpath, _dirs, files in os.walk(half, followlinks=False):
+            rel = Path(dirpath).relative_to(half)
+            (partial / rel).mkdir(parents=True, exist_ok=True)
+            for name in files:
+                link = partial / rel / name
+                if link.is_symlink() or link.exists():
+                    link.unlink()
+                link.symlink_to(Path(dirpath) / name)
+    partial.rename(into)
+
+
+def find_headers(
+    release: str,
+    modules_root: Path = Path("/lib/modules"),
+    src_root: Path = Path("/usr/src"),
+    cache_dir: Path = Path("/var/cache/oomtrace"),
+    env: dict[str, str] | None = None,
+) -> HeaderTree:
+    env = dict(os.environ) if env is None else env
+    own = modules_root / release / "build"
+    if (own / "include/linux/kconfig.h").exists():
+        return HeaderTree(None, "running kernel")
+    if env.get("BCC_KERNEL_SOURCE"):
+        tree = Path(env["BCC_KERNEL_SOURCE"])
+        if not (tree / "include/linux/kconfig.h").exists():
+            raise HeadersError(f"BCC_KERNEL_SOURCE={tree} has no include/linux/kconfig.h")
+        return HeaderTree(tree, "BCC_KERNEL_SOURCE")
+    candidates = []
+    for arch in src_root.glob("linux-headers-*-*"):
+        # <abi>-<flavour>: 6.1.0-56-amd64, 6.1.0-56-cloud-amd64, 6.1.0-56-rt-arm64; all flavours
+        # of one ABI share linux-headers-<abi>-common.
+        match = re.fullmatch(r"linux-headers-(\d+\.\d+[^-]*-\d+)-((?:[a-z]+-)?(?:amd64|arm64))", arch.name)
+        if match and (src_root / f"linux-headers-{match.group(1)}-common").is_dir():
+            candidates.append((match.group(1), arch))
+    if not candidates:
+        raise HeadersError(
+            f"no kernel headers: neither {own} nor BCC_KERNEL_SOURCE "
+            f"nor a linux-headers package in {src_root}"
+        )
+
+    def version_key(item: tuple[str, Path]) -> list[int]:
+        return [int(x) for x in re.findall(r"\d+", item[0])]
+
+    version, arch = max(candidates, key=version_key)
+    merged = cache_dir / f"headers-{arch.name.removeprefix('linux-headers-')}"
+    if not (merged / "include/linux/kconfig.h").exists():
+        try:
+            merged.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(merged, ignore_errors=True)
+            _merge(src_root / f"linux-headers-{version}-common", arch, merged)
+        except OSError as err:
+            # Read-only or full: leave no half-built tree behind to fill it further.
+            shutil.rmtree(merged.with_name(merged.name + ".partial"), ignore_errors=True)
+            raise HeadersError(
+                f"cannot build the merged kernel header tree in {cache_dir}: {err.strerror or err}; "
+                "give --headers-cache a writable directory (about 16,000 symlinks) or set BCC_KERNEL_SOURCE"
+            ) from None
+    return HeaderTree(merged, f"foreign {version}")
