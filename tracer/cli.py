@@ -437,7 +437,13 @@ def cmd_probes(args: argparse.Namespace) -> int:
     plan = probes.plan(features)
     try:
         tree = find_headers(features.release)
-        headers = f"{tree.origin} ({tree.path or '/lib/modules/' + features.release + '/build'})"
+        where = {
+            "running kernel": f"/lib/modules/{features.release}/build",
+            "kheaders": "/sys/kernel/kheaders.tar.xz",
+        }
+        headers = f"{tree.origin} ({tree.path or where[tree.origin]})"
+        if not tree.matching:
+            headers += "; struct offsets from BTF" if features.btf else "; no BTF: tracepoint fields only"
     except HeadersError as err:
         headers = f"none: {err}"
     report = {

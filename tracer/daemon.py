@@ -85,6 +85,7 @@ class Daemon:
         self.resolver = CgroupResolver(config.cgroup_root)
         self.enricher = Enricher(self.resolver, config.node, self.clock)
         self.attached = False
+        self.status = ""  # which tier each probe got and which headers bcc compiled against
         self.last_loop = time.monotonic()
         self.stop = _Stop()
         self._lost_seen: dict[str, int] = {}
@@ -105,7 +106,7 @@ class Daemon:
             return False, "probes not attached"
         if stalled > max(5.0, 5 * self.config.interval_s):
             return False, f"event loop stalled for {stalled:.1f}s"
-        return True, "ok"
+        return True, f"ok: {self.status}" if self.status else "ok"
 
     def add_stage(self, stage: Stage) -> None:
         """An enrichment step after the cgroup tags (e.g. Kubernetes names, VM attribution)."""
@@ -207,6 +208,10 @@ class Daemon:
             self.attached = True
             self.last_loop = time.monotonic()
             self.metrics.set_probes((c.probe, c.tier, c.target or "-") for c in tracer.plan.choices)
+            self.metrics.set_headers(headers.origin, btf=tracer.plan.btf)
+            tiers = " ".join(f"{c.probe}={c.tier}" for c in tracer.plan.choices)
+            offsets_from = "BTF" if tracer.plan.btf else "none (tracepoint fields only)"
+            self.status = f"{tiers}; headers: {headers.origin}; struct offsets: {offsets_from}"
             for choice in tracer.plan.choices:
                 self.log.info(
                     "probe",

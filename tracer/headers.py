@@ -23,7 +23,8 @@ class HeaderTree:
 
     @property
     def matching(self) -> bool:
-        return self.origin == "running kernel"
+        """Headers of the running kernel itself."""
+        return self.origin in ("running kernel", "kheaders")
 
 
 def _merge(common: Path, arch: Path, into: Path) -> None:
@@ -48,6 +49,7 @@ def find_headers(
     src_root: Path = Path("/usr/src"),
     cache_dir: Path = Path("/var/cache/oomtrace"),
     env: dict[str, str] | None = None,
+    kheaders: Path = Path("/sys/kernel/kheaders.tar.xz"),
 ) -> HeaderTree:
     env = dict(os.environ) if env is None else env
     own = modules_root / release / "build"
@@ -58,6 +60,9 @@ def find_headers(
         if not (tree / "include/linux/kconfig.h").exists():
             raise HeadersError(f"BCC_KERNEL_SOURCE={tree} has no include/linux/kconfig.h")
         return HeaderTree(tree, "BCC_KERNEL_SOURCE")
+    if kheaders.exists():
+        # CONFIG_IKHEADERS: the running kernel's own headers, which bcc unpacks by itself.
+        return HeaderTree(None, "kheaders")
     candidates = []
     for arch in src_root.glob("linux-headers-*-*"):
         # <abi>-<flavour>: 6.1.0-56-amd64, 6.1.0-56-cloud-amd64, 6.1.0-56-rt-arm64; all flavours

@@ -105,6 +105,13 @@ class Metrics:
             list(LABELS),
             registry=registry,
         )
+        self._headers_info = Gauge(
+            "oomtrace_kernel_headers_info",
+            "The header tree bcc compiled against (running kernel, kheaders, BCC_KERNEL_SOURCE, "
+            "foreign <version>) and whether kernel struct offsets come from BTF.",
+            ["origin", "btf"],
+            registry=registry,
+        )
         self._last_event = Gauge(
             "oomtrace_last_event_timestamp_seconds",
             "Unix time at which the last event was observed.",
@@ -177,6 +184,11 @@ class Metrics:
         if n < 0:
             raise ValueError(f"lost event count is negative: {n}")
         self._lost.labels(reason).inc(n)
+
+    def set_headers(self, origin: str, btf: bool) -> None:
+        """Which kernel header tree bcc compiled against, and whether struct offsets come from BTF."""
+        self._headers_info.clear()
+        self._headers_info.labels(origin, "true" if btf else "false").set(1)
 
     def set_probes(self, probes: Iterable[tuple[str, str, str]]) -> None:
         """Replace the probe_info series with one per (probe, tier, target)."""

@@ -57,7 +57,10 @@ def _get(port: int, path: str) -> tuple[int, str]:
 def test_metrics_count_a_real_oom_kill_and_healthz_is_ok_while_attached() -> None:
     tracer = Tracer("--interval", "0.5")
     try:
-        assert _get(tracer.metrics_port, "/healthz") == (200, "ok")
+        status, detail = _get(tracer.metrics_port, "/healthz")
+        assert status == 200
+        assert detail.startswith("ok: ") and "oom_kill=tracepoint" in detail
+        assert "struct offsets: BTF" in detail
         with PodSandbox(limit_bytes=48 * MIB) as pod:
             pid = _oom(pod)
             tracer.wait_for(lambda e: e["event"] == "oom_kill" and e["victim_pid"] == pid)
@@ -75,6 +78,7 @@ def test_metrics_count_a_real_oom_kill_and_healthz_is_ok_while_attached() -> Non
         samples['oomtrace_probe_info{probe="oom_kill",target="raw oom/mark_victim",tier="tracepoint"}'] == 1
     )
     assert not any(key.endswith("_created") or "_created{" in key for key in samples)
+    assert any(k.startswith("oomtrace_kernel_headers_info{") and v == 1 for k, v in samples.items())
 
 
 def test_oomtrace_run_as_the_kernel_log_reader_reports_the_kill_with_pod_tags() -> None:

@@ -43,6 +43,7 @@ def find(tmp_path: Path, env: dict[str, str] | None = None) -> HeaderTree:
         src_root=tmp_path / "usr/src",
         cache_dir=tmp_path / "cache",
         env=env or {},
+        kheaders=tmp_path / "no-kheaders.tar.xz",  # independent of the machine's kheaders module
     )
 
 
@@ -183,3 +184,20 @@ def test_cloud_flavour_headers_are_merged_with_the_common_half(tmp_path: Path) -
     tree(src / "linux-headers-6.1.0-56-cloud-amd64", "include/generated/autoconf.h")
     found = find(tmp_path)
     assert found.path is not None and (found.path / "include/linux/kconfig.h").exists()
+
+
+def test_kheaders_of_the_running_kernel_are_preferred_to_foreign_debian_headers(tmp_path: Path) -> None:
+    src = tmp_path / "usr/src"
+    tree(src / "linux-headers-6.1.0-56-common", "include/linux/kconfig.h")
+    tree(src / "linux-headers-6.1.0-56-amd64", "include/generated/autoconf.h")
+    kheaders = tmp_path / "kheaders.tar.xz"
+    kheaders.write_bytes(b"")
+    found = find_headers(
+        "6.18.0-test",
+        modules_root=tmp_path / "lib/modules",
+        src_root=src,
+        cache_dir=tmp_path / "cache",
+        env={},
+        kheaders=kheaders,
+    )
+    assert found == HeaderTree(None, "kheaders")
