@@ -9,7 +9,7 @@ apt-get update -qq
 # the tests, and a kernel header tree for bcc to compile against: the running kernel's own
 # if Debian has them, else the distribution's current ones (offsets come from BTF anyway).
 # prometheus (with promtool) for the alerting-rule tests, which start their own on loopback.
-apt-get install -y -qq python3-bpfcc python3-venv bpftool util-linux openssl prometheus >/dev/null
+apt-get install -y -qq python3-bpfcc python3-venv bpftool util-linux openssl prometheus make >/dev/null
 # The image's root filesystem without Docker (scripts/build-rootfs.sh: mmdebstrap), and
 # libseccomp's bindings to run it under containerd's default seccomp profile (tests/kernel/test_rootfs.py).
 apt-get install -y -qq mmdebstrap python3-seccomp >/dev/null

@@ -53,7 +53,11 @@ def find_headers(
 ) -> HeaderTree:
     env = dict(os.environ) if env is None else env
     own = modules_root / release / "build"
-    if (own / "include/linux/kconfig.h").exists():
+    # Debian splits a kernel's headers into build/ (-amd64: generated headers) and source/
+    # (-common, with include/linux/kconfig.h); bcc reads both by itself.
+    if (own / "include").is_dir() and any(
+        (half / "include/linux/kconfig.h").exists() for half in (own, own.parent / "source")
+    ):
         return HeaderTree(None, "running kernel")
     if env.get("BCC_KERNEL_SOURCE"):
         tree = Path(env["BCC_KERNEL_SOURCE"])
@@ -67,7 +71,8 @@ def find_headers(
     for arch in src_root.glob("linux-headers-*-*"):
         # <abi>-<flavour>: 6.1.0-56-amd64, 6.1.0-56-cloud-amd64, 6.1.0-56-rt-arm64; all flavours
         # of one ABI share linux-headers-<abi>-common.
-        match = re.fullmatch(r"linux-headers-(\d+\.\d+[^-]*-\d+)-((?:[a-z]+-)?(?:amd64|arm64))", arch.name)
+        # <abi>: 6.1.0-56 (bookworm), 6.12.117+deb13 (trixie and backports)
+        match = re.fullmatch(r"linux-headers-(\d.+?)-((?:[a-z]+-)?(?:amd64|arm64))", arch.name)
         if match and (src_root / f"linux-headers-{match.group(1)}-common").is_dir():
             candidates.append((match.group(1), arch))
     if not candidates:

@@ -196,6 +196,9 @@ class OomReportParser:
         self._summary: _Summary | None = None
         # An oom-kill: line cut in two when another CPU printed between its pr_cont() parts.
         self._partial_summary: str | None = None
+        # pid → ktime of its "Killed process" line: a memory.oom.group kill prints the chosen
+        # victim's line twice (once as the victim, once as a group member) for one kill.
+        self._recent_kills: dict[int, int | None] = {}
 
     def feed(self, message: str, ktime_ns: int | None) -> list[dict[str, Any]]:
         """Parse one message; return the events it completes. Never raises on bad input."""
@@ -286,6 +289,8 @@ class OomReportParser:
         if m is None:
             return
         victim_pid = int(m["pid"])
+        if self._repeats_a_kill(victim_pid, ktime_ns):
+            return
         # The summary belongs to the first kill after it. A different pid means its
         # own kill was skipped (victim already exiting) and this kill's header was
         # rate-limited away: attach nothing, and never to a later kill either.
@@ -325,6 +330,18 @@ class OomReportParser:
                     trigger_comm=summary.report.trigger_comm,
                 )
         events.append(event)
+
+    def _repeats_a_kill(self, pid: int, ktime_ns: int | None) -> bool:
+        """A second "Killed process" line for a pid within a few seconds is the same kill
+        (memory.oom.group); a pid is not reused that fast."""
+        window_ns = 5_000_000_000
+        if ktime_ns is not None:
+            self._recent_kills = {
+                p: t for p, t in self._recent_kills.items() if t is not None and ktime_ns - t < window_ns
+            }
+        repeated = pid in self._recent_kills
+        self._recent_kills[pid] = ktime_ns
+        return repeated
 
     @staticmethod
     def _memcg_oom(report: _Report, oom_memcg: str | None) -> dict[str, Any]:

@@ -201,3 +201,32 @@ def test_kheaders_of_the_running_kernel_are_preferred_to_foreign_debian_headers(
         kheaders=kheaders,
     )
     assert found == HeaderTree(None, "kheaders")
+
+
+def test_debian_split_headers_of_the_running_kernel_are_its_own(tmp_path: Path) -> None:
+    """Debian: build -> linux-headers-<rel> (generated headers), source -> the -common half."""
+    modules = tmp_path / "lib/modules" / RELEASE
+    tree(tmp_path / "usr/src/linux-headers-rel", "include/generated/autoconf.h")
+    tree(tmp_path / "usr/src/linux-headers-common", "include/linux/kconfig.h")
+    modules.mkdir(parents=True)
+    (modules / "build").symlink_to(tmp_path / "usr/src/linux-headers-rel")
+    (modules / "source").symlink_to(tmp_path / "usr/src/linux-headers-common")
+    assert find(tmp_path) == HeaderTree(None, "running kernel")
+
+
+@pytest.mark.parametrize(
+    ("arch_dir", "abi"),
+    [
+        ("linux-headers-6.12.117+deb13-amd64", "6.12.117+deb13"),
+        ("linux-headers-6.1.0-56-cloud-arm64", "6.1.0-56"),
+    ],
+    ids=["trixie abi", "cloud flavour on arm64"],
+)
+def test_header_package_names_of_every_debian_release_are_understood(
+    tmp_path: Path, arch_dir: str, abi: str
+) -> None:
+    src = tmp_path / "usr/src"
+    tree(src / f"linux-headers-{abi}-common", "include/linux/kconfig.h")
+    tree(src / arch_dir, "include/generated/autoconf.h")
+    found = find(tmp_path)
+    assert found.origin == f"foreign {abi}"

@@ -381,7 +381,9 @@ def test_header_for_one_pid_is_never_attached_to_the_kill_of_another() -> None:
 
 
 def test_header_is_used_by_one_kill_only_even_if_the_pid_comes_back() -> None:
-    kills = feed_all([*header(), summary(111), killed(111), killed(111)])[1:]
+    parser = OomReportParser()
+    kills = feed_all([*header(), summary(111), killed(111)], parser)[1:]
+    kills += parser.feed(killed(111), KTIME0 + 60_000_000_000)  # much later: a new kill
 
     assert [(k["victim_pid"], k["constraint"], k["oom_memcg"]) for k in kills] == [
         (111, "memcg", "/pod"),
@@ -781,3 +783,31 @@ def test_reader_counts_at_least_one_lost_record_for_epipe_on_its_first_read(
 
 
 # --- The real /dev/kmsg (root) ---------------------------------------------------------------------
+
+
+def test_oom_group_kill_printing_the_chosen_victim_twice_is_one_oom_kill() -> None:
+    parser = OomReportParser()
+    killed = (
+        "Memory cgroup out of memory: Killed process {pid} (worker) total-vm:1000kB, anon-rss:800kB, "
+        "file-rss:100kB, shmem-rss:0kB, UID:0 pgtables:40kB oom_score_adj:0"
+    )
+    lines = [
+        killed.format(pid=101),
+        "Tasks in /pod/ctr are going to be killed due to memory.oom.group set",
+        killed.format(pid=101),
+        killed.format(pid=102),
+        killed.format(pid=103),
+    ]
+    events = [e for i, line in enumerate(lines) for e in parser.feed(line, KTIME0 + i * KTIME_STEP)]
+    assert [e["victim_pid"] for e in events] == [101, 102, 103]
+
+
+def test_a_pid_killed_again_much_later_is_a_new_oom_kill() -> None:
+    parser = OomReportParser()
+    line = (
+        "Memory cgroup out of memory: Killed process 7 (a) total-vm:1kB, anon-rss:1kB, "
+        "file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:4kB oom_score_adj:0"
+    )
+    first = parser.feed(line, KTIME0)
+    second = parser.feed(line, KTIME0 + 60_000_000_000)
+    assert len(first) == len(second) == 1

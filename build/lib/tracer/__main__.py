@@ -1,5 +1,0 @@
-import sys
-
-from tracer.cli import main
-
-sys.exit(main())
