@@ -22,3 +22,9 @@ kernel-matrix-doc:
 	$(PYTHON) tests/vm/matrix.py --report-only
 
 comma := ,
+
+# Benchmarks (bench/): needs root; prints the summary table, writes bench/results/*.json and
+# rewrites docs/benchmarks.md. About 6 minutes on 2 cores.
+.PHONY: bench
+bench:
+	bench/run.sh

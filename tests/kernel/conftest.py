@@ -38,6 +38,24 @@ def require_root() -> None:
         subprocess.run(["mount", "-t", "tracefs", "nodev", str(tracing)], check=True)
 
 
+def wait_for_event(
+    seen: list[dict[str, Any]], arriving: "queue.Queue[dict[str, Any]]", predicate: Any, timeout_s: float
+) -> dict[str, Any]:
+    """The first event, already seen or arriving within timeout_s, that satisfies predicate."""
+    for event in list(seen):
+        if predicate(event):
+            return event
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            event = arriving.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if predicate(event):
+            return event
+    raise AssertionError(f"no matching event within {timeout_s}s; got {len(seen)} events")
+
+
 class Tracer:
     """`oomtrace run` as a subprocess; its stdout JSON lines collected by a thread."""
 
@@ -86,18 +104,7 @@ class Tracer:
         raise AssertionError("oomtrace run did not become ready:\n" + "".join(self.stderr_lines))
 
     def wait_for(self, predicate: Any, timeout_s: float = 10) -> dict[str, Any]:
-        for event in list(self.events):
-            if predicate(event):
-                return event
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                event = self._lines.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if predicate(event):
-                return event
-        raise AssertionError(f"no matching event within {timeout_s}s; got {len(self.events)} events")
+        return wait_for_event(self.events, self._lines, predicate, timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:

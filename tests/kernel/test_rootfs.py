@@ -27,24 +27,12 @@ import pytest
 
 from tests.deploy import manifests
 from tests.fake_kube import FakeKube, pod
-from tests.kernel.conftest import KernelLog
+from tests.kernel.conftest import KernelLog, wait_for_event
+from tests.kernel.test_oom_events import MIB, VICTIM_FIELDS
 from tracer.sandbox import PodSandbox
 
 REPO = Path(__file__).resolve().parents[2]
-MIB = 1 << 20
 NODE = "node-under-test"
-VICTIM_FIELDS = (
-    "victim_pid",
-    "victim_comm",
-    "victim_uid",
-    "total_vm_bytes",
-    "anon_rss_bytes",
-    "file_rss_bytes",
-    "shmem_rss_bytes",
-    "pgtables_bytes",
-    "oom_score_adj",
-    "task_memcg",
-)
 
 
 @pytest.fixture(scope="module")
@@ -143,18 +131,7 @@ class Daemon(Container):
                 raise AssertionError("oomtrace did not start in the image:\n" + "".join(self.raw_stderr))
 
     def wait_for(self, predicate: Any, timeout_s: float = 15) -> dict[str, Any]:
-        for event in list(self.events):
-            if predicate(event):
-                return event
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                event = self._events.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if predicate(event):
-                return event
-        raise AssertionError(f"no matching event within {timeout_s}s; got {self.events}")
+        return wait_for_event(self.events, self._events, predicate, timeout_s)
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)

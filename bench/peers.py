@@ -1,0 +1,203 @@
+"""Benchmark 5: oomtrace and its peers on the same OOMs.
+
+Peers, run side by side with oomtrace (BPF) on the same kills:
+- bcc's own oomkill tool (Debian bpfcc-tools, /usr/sbin/oomkill-bpfcc): a kprobe on
+  oom_kill_process() printing trigger and victim pid/comm, no cgroup;
+- a /dev/kmsg reader, the approach of node-problem-detector and cAdvisor: oomtrace's own kernel
+  log parser (`oomtrace run --source kmsg`), which attributes a kill to a cgroup only from the
+  report's oom-kill: line.
+
+The truth is the kernel: its per-cgroup oom_kill counters say how many kills there were, and
+the "Killed process" record's printk stamp (calibrated to CLOCK_MONOTONIC) says when; every
+tool's output line is stamped when the harness reads it. Two scenarios: 10 OOMs a second apart
+(the kernel prints every report), and a storm of 50 cgroups OOMing at once after 6 quiet
+seconds, where the kernel's dump_header rate limit (10 reports per 5 s) drops report lines.
+A kill counts as attributed when the tool names the pod UID of the cgroup it happened in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.harness import KernelLog, TracerRun, distribution, ms, say
+from bench.workload import MIB, Child, Pool, Zygote
+from tracer.sandbox import PodSandbox
+
+LIMIT = 32 * MIB
+OOMKILL_BPFCC = "/usr/sbin/oomkill-bpfcc"
+_OOMKILL_LINE = re.compile(r"OOM kill of PID (\d+) \(\"(.*)\"\)")
+
+
+@dataclass
+class BccOomkill:
+    """bcc's oomkill tool as a subprocess, its lines stamped at read."""
+
+    lines: list[tuple[int, str]] = field(default_factory=list)
+    error: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BccOomkill:
+        if not os.path.exists(OOMKILL_BPFCC):
+            self.error = f"{OOMKILL_BPFCC} is not installed (Debian package bpfcc-tools)"
+            return self
+        env = dict(os.environ)
+        try:
+            from tracer.headers import find_headers
+
+            tree = find_headers(os.uname().release)
+            if tree.path is not None:
+                env["BCC_KERNEL_SOURCE"] = str(tree.path)  # no headers of its own on this kernel
+        except Exception as err:  # its own start-up will then say what is missing
+            self.error = f"no kernel headers for it: {err}"
+        self.process = subprocess.Popen(
+            [OOMKILL_BPFCC], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0
+        )
+        started = threading.Event()
+
+        def read() -> None:
+            assert self.process is not None and self.process.stdout is not None
+            for raw in self.process.stdout:
+                self.lines.append((time.monotonic_ns(), raw.decode(errors="replace").rstrip()))
+                started.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not started.is_set() and self.process.poll() is None:
+            time.sleep(0.1)
+        if self.process.poll() is not None:
+            assert self.process.stderr is not None
+            text = self.process.stderr.read().decode(errors="replace").strip().splitlines()
+            self.error = text[-1] if text else f"exited with {self.process.returncode}"
+        return self
+
+    def kills(self) -> dict[int, int]:
+        """victim pid (its tgid, as the tool prints) → when the line was read."""
+        out = {}
+        for read_ns, line in self.lines:
+            m = _OOMKILL_LINE.search(line)
+            if m:
+                out.setdefault(int(m[1]), read_ns)
+        return out
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _scenario(
+    name: str,
+    victims: list[tuple[PodSandbox, Child]],
+    kernel_kills: int,
+    log: KernelLog,
+    bpf: TracerRun,
+    kmsg: TracerRun,
+    bcc: BccOomkill,
+) -> dict[str, Any]:
+    by_pid = {child.pid: pod for pod, child in victims}
+    killed_at = {
+        e["victim_pid"]: log.monotonic(e["ktime_ns"])
+        for e in log.events
+        if e["event"] == "oom_kill" and e["victim_pid"] in by_pid
+    }
+    ours = {p.pod_path for p in by_pid.values()} | {p.container_path for p in by_pid.values()}
+    reports = sum(1 for e in log.events if e["event"] == "memcg_oom" and e["oom_memcg"] in ours)
+
+    def tool(lines: dict[int, tuple[int, dict[str, Any] | None]]) -> dict[str, Any]:
+        seen = [pid for pid in by_pid if pid in lines]
+        right = [pid for pid in seen if (lines[pid][1] or {}).get("pod_uid") == by_pid[pid].pod_uid]
+        wrong = [
+            pid for pid in seen if (lines[pid][1] or {}).get("pod_uid") not in (None, by_pid[pid].pod_uid)
+        ]
+        later = [ms(lines[pid][0] - killed_at[pid]) for pid in seen if pid in killed_at]
+        return {
+            "saw": len(seen),
+            "attributed_to_the_right_pod": len(right),
+            "attributed_to_a_wrong_pod": len(wrong),
+            "after_the_kernels_killed_line_ms": distribution(later),
+        }
+
+    def from_tracer(run: TracerRun) -> dict[int, tuple[int, dict[str, Any] | None]]:
+        out: dict[int, tuple[int, dict[str, Any] | None]] = {}
+        for ln in run.events(lambda e: e["event"] == "oom_kill"):
+            out.setdefault(ln.event["victim_pid"], (ln.read_ns, ln.event))
+        return out
+
+    result = {
+        "scenario": name,
+        "kills_by_kernel_counters": kernel_kills,
+        "killed_lines_in_kernel_log": len(killed_at),
+        "reports_in_kernel_log": reports,
+        "oomtrace": tool(from_tracer(bpf)),
+        "kmsg_reader": tool(from_tracer(kmsg)),
+    }
+    if bcc.error is None:
+        result["bcc_oomkill"] = tool({pid: (at, None) for pid, at in bcc.kills().items()})
+    else:
+        result["bcc_oomkill"] = {"saw": None, "error": bcc.error}
+    return result
+
+
+def _wait_settled(runs: list[TracerRun], pids: set[int], timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    for run in runs:
+        run.wait_for(
+            lambda lines: (
+                pids <= {ln.event.get("victim_pid") for ln in lines if ln.event["event"] == "oom_kill"}
+            ),
+            timeout_s=max(0.1, deadline - time.monotonic()),
+        )
+
+
+def run(spaced: int = 10, storm: int = 50) -> dict[str, Any]:
+    scenarios = []
+    with (
+        KernelLog() as log,
+        TracerRun("--interval", "1") as bpf,
+        TracerRun("--source", "kmsg", "--interval", "1") as kmsg,
+        Zygote() as zygote,
+    ):
+        bcc = BccOomkill().start()
+        try:
+            say(f"peers: {spaced} OOMs one second apart")
+            with Pool(spaced, LIMIT) as pool:
+                victims = []
+                for pod in pool:
+                    victims.append((pod, zygote.wait(zygote.spawn(pod, "peer-spaced", 4 * LIMIT // MIB))))
+                    time.sleep(1.0)
+                _wait_settled([bpf, kmsg], {c.pid for _p, c in victims})
+                time.sleep(1.0)
+                scenarios.append(_scenario("spaced", victims, pool.kernel_oom_kills(), log, bpf, kmsg, bcc))
+            say("peers: 6 quiet seconds (the report rate limit resets), then the storm")
+            with Pool(storm, LIMIT) as pool:
+                time.sleep(6.0)
+                start = time.monotonic()
+                tags = [
+                    (pod, zygote.spawn(pod, "peer-storm", 4 * LIMIT // MIB, wait_fork=False)) for pod in pool
+                ]
+                victims = [(pod, zygote.wait(tag)) for pod, tag in tags]
+                seconds = time.monotonic() - start
+                _wait_settled([bpf, kmsg], {c.pid for _p, c in victims})
+                time.sleep(1.0)
+                row = _scenario("storm", victims, pool.kernel_oom_kills(), log, bpf, kmsg, bcc)
+                row["storm_seconds"] = round(seconds, 2)
+                scenarios.append(row)
+        finally:
+            bcc.stop()
+        log.close()
+    return {
+        "limit_bytes": LIMIT,
+        "printk_offset_drift_us": round(log.drift_ns / 1000, 1),
+        "suppressed_report_notes": log.count("callbacks suppressed"),
+        "bcc_oomkill_error": bcc.error,
+        "scenarios": scenarios,
+    }

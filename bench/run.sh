@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The benchmarks (bench/run.py; `make bench`). As root, from anywhere:
+#   bench/run.sh [--quick] [--only lead,latency,overhead,pipeline,peers] [--no-doc]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+[ -x "$PY" ] || { echo "bench: no .venv here; run scripts/install.sh first" >&2; exit 2; }
+exec "$PY" -m bench.run "$@"
