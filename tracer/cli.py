@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tracer import __version__
+from tracer import __version__, flagtypes
 
 EXIT_USAGE = 2
 
@@ -23,42 +23,10 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _env(name: str, default: Any) -> Any:
-    return os.environ.get(f"OOMTRACE_{name}", default)
-
-
-_MAX_SECONDS = 1e6  # eleven days: longer than any interval or quiet period makes sense
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    # Also bounds what reaches the BPF programs as nanoseconds in a __u64.
-    if not value > 0:  # also NaN
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    if not value <= _MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be at most {_MAX_SECONDS:g} seconds: {text!r}")
-    return value
-
-
-_MAX_COUNT = 1_000_000_000  # more events, clients or pages than this is a typo, and would overflow
-
-
-def _int_at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}: {text!r}")
-        if value > _MAX_COUNT:
-            raise argparse.ArgumentTypeError(f"must be at most {_MAX_COUNT}: {text!r}")
-        return value
-
-    return parse
+# Shared with the other modules that add flags (tracer/loki.py).
+_env = flagtypes.env
+_positive_float = flagtypes.positive_seconds
+_int_at_least = flagtypes.count_at_least
 
 
 def _power_of_two(text: str) -> int:

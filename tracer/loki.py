@@ -29,7 +29,6 @@ import contextlib
 import email.utils
 import http.client
 import json
-import os
 import random
 import re
 import socket
@@ -46,7 +45,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from tracer import __version__
+from tracer import __version__, flagtypes
 
 PUSH_PATH: Final = "/loki/api/v1/push"
 ENCODINGS: Final = ("protobuf", "json")
@@ -670,25 +669,11 @@ def _describe(err: BaseException) -> str:
 # --- command line ---------------------------------------------------------------------------
 
 
-def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"OOMTRACE_{name}", default)
-
-
 def _size_arg(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -699,65 +684,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--loki-url",
         metavar="URL",
-        default=_env("LOKI_URL"),
+        default=flagtypes.env("LOKI_URL"),
         help=f"Loki base URL or push endpoint, e.g. http://loki:3100 ({PUSH_PATH} is added)",
     )
     group.add_argument(
-        "--loki-tenant", metavar="TENANT", default=_env("LOKI_TENANT"), help="X-Scope-OrgID header"
+        "--loki-tenant", metavar="TENANT", default=flagtypes.env("LOKI_TENANT"), help="X-Scope-OrgID header"
     )
     group.add_argument(
-        "--loki-username", metavar="USER", default=_env("LOKI_USERNAME"), help="basic auth user"
+        "--loki-username", metavar="USER", default=flagtypes.env("LOKI_USERNAME"), help="basic auth user"
     )
     group.add_argument(
         "--loki-password",
         metavar="PASSWORD",
-        default=_env("LOKI_PASSWORD"),
+        default=flagtypes.env("LOKI_PASSWORD"),
         help="basic auth password; prefer env OOMTRACE_LOKI_PASSWORD (a command line is visible to ps)",
     )
     group.add_argument(
         "--loki-bearer-token",
         metavar="TOKEN",
-        default=_env("LOKI_BEARER_TOKEN"),
+        default=flagtypes.env("LOKI_BEARER_TOKEN"),
         help="bearer token; prefer env OOMTRACE_LOKI_BEARER_TOKEN",
     )
     group.add_argument(
         "--loki-ca-file",
         metavar="FILE",
         type=Path,
-        default=_env("LOKI_CA_FILE"),
+        default=flagtypes.env("LOKI_CA_FILE"),
         help="PEM CA bundle to verify Loki's certificate (default: the system's)",
     )
     group.add_argument(
         "--loki-insecure-skip-verify",
         action="store_true",
-        default=_env("LOKI_INSECURE_SKIP_VERIFY", "") == "1",
+        default=flagtypes.env("LOKI_INSECURE_SKIP_VERIFY", "") == "1",
         help="do not verify Loki's TLS certificate (testing only)",
     )
     group.add_argument(
         "--loki-encoding",
         choices=ENCODINGS,
-        default=_env("LOKI_ENCODING", "protobuf"),
+        default=flagtypes.env("LOKI_ENCODING", "protobuf"),
         help="protobuf (snappy-compressed, Loki's native push format) or json (default %(default)s)",
     )
     group.add_argument(
         "--loki-batch-bytes",
         metavar="BYTES",
         type=_size_arg,
-        default=_env("LOKI_BATCH_BYTES", "1MiB"),
+        default=flagtypes.env("LOKI_BATCH_BYTES", "1MiB"),
         help="send a batch when it reaches this size (default 1MiB)",
     )
     group.add_argument(
         "--loki-batch-wait",
         metavar="SECONDS",
-        type=_seconds_arg,
-        default=_env("LOKI_BATCH_WAIT", "1.0"),
+        type=flagtypes.positive_seconds,
+        default=flagtypes.env("LOKI_BATCH_WAIT", "1.0"),
         help="...or when its oldest event is this many seconds old (default 1.0)",
     )
     group.add_argument(
         "--loki-buffer-bytes",
         metavar="BYTES",
         type=_size_arg,
-        default=_env("LOKI_BUFFER_BYTES", "8MiB"),
+        default=flagtypes.env("LOKI_BUFFER_BYTES", "8MiB"),
         help="at most this much waits for Loki; past it the oldest batches are dropped and counted "
         "(default 8MiB)",
     )
