@@ -6,10 +6,13 @@ depend on the running kernel's /sys/kernel/btf/vmlinux. `kernel_btf()` builds a 
 KERNEL_OFFSETS; parts can be left out to test the error paths.
 """
 
+import dataclasses
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tracer import btf as B
+from tracer.probes import KernelFeatures
 
 BTF_INT_SIGNED = 1
 
@@ -309,3 +312,38 @@ def kernel_btf(
         )
         b.func("mem_cgroup_out_of_memory", oc_proto)
     return b.build()
+
+
+# ---- a kernel that offers every probe target, for plan and source tests ----
+
+FUNCTIONS = frozenset(
+    {
+        "mem_cgroup_out_of_memory",
+        "oom_kill_process",
+        "__oom_kill_process",
+        "try_to_free_mem_cgroup_pages",
+        "try_charge_memcg",
+    }
+)
+MARK_VICTIM = "oom/mark_victim"
+RECLAIM_BEGIN = "vmscan/mm_vmscan_memcg_reclaim_begin"
+RECLAIM_END = "vmscan/mm_vmscan_memcg_reclaim_end"
+TRACEPOINTS = frozenset({MARK_VICTIM, RECLAIM_BEGIN, RECLAIM_END})
+
+
+def full_kernel_features(mark_victim_fields: frozenset[str], /, **overrides: Any) -> KernelFeatures:
+    """A kernel with everything: BTF, fentry, kprobes, every function and tracepoint."""
+    base = KernelFeatures(
+        release="6.18.0-test",
+        btf=True,
+        btf_error=None,
+        kprobes=True,
+        fentry=True,
+        fentry_reason="",
+        symbols=FUNCTIONS,
+        tracepoints=TRACEPOINTS,
+        mark_victim_raw_task=True,
+        mark_victim_fields=mark_victim_fields,
+        cgroup2_memory=True,
+    )
+    return dataclasses.replace(base, **overrides)

@@ -15,24 +15,12 @@ from typing import Any
 
 import pytest
 
-from tests.unit.conftest import kernel_btf
+from tests.unit.conftest import FUNCTIONS, TRACEPOINTS, full_kernel_features, kernel_btf
 from tracer import bpf_source, probes
 from tracer.btf import Btf
 from tracer.offsets import kernel_constants
 from tracer.probes import PROBES, KernelFeatures, Plan, plan
 
-FUNCTIONS = frozenset(
-    {
-        "mem_cgroup_out_of_memory",
-        "oom_kill_process",
-        "__oom_kill_process",
-        "try_to_free_mem_cgroup_pages",
-        "try_charge_memcg",
-    }
-)
-TRACEPOINTS = frozenset(
-    {"oom/mark_victim", "vmscan/mm_vmscan_memcg_reclaim_begin", "vmscan/mm_vmscan_memcg_reclaim_end"}
-)
 RSS_FIELDS = frozenset({"pid", "comm", "total_vm", "anon_rss", "file_rss", "shmem_rss", "uid", "pgtables"})
 CONSTANTS = kernel_constants(Btf(kernel_btf()))
 CONSTANTS_WITH_OPTIONAL = kernel_constants(Btf(kernel_btf(optional=True)))
@@ -61,20 +49,7 @@ BCC_MACROS = {
 
 
 def features(**overrides: Any) -> KernelFeatures:
-    base = KernelFeatures(
-        release="6.18.0-test",
-        btf=True,
-        btf_error=None,
-        kprobes=True,
-        fentry=True,
-        fentry_reason="",
-        symbols=FUNCTIONS,
-        tracepoints=TRACEPOINTS,
-        mark_victim_raw_task=True,
-        mark_victim_fields=RSS_FIELDS,
-        cgroup2_memory=True,
-    )
-    return dataclasses.replace(base, **overrides)
+    return full_kernel_features(RSS_FIELDS, **overrides)
 
 
 NO_BTF: dict[str, Any] = {

@@ -1,4 +1,3 @@
-import dataclasses
 import os
 import platform
 from collections.abc import Iterator
@@ -7,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from tests.unit.conftest import kernel_btf
+from tests.unit.conftest import (
+    FUNCTIONS,
+    MARK_VICTIM,
+    RECLAIM_BEGIN,
+    RECLAIM_END,
+    TRACEPOINTS,
+    full_kernel_features,
+    kernel_btf,
+)
 from tracer import fentry_check, probes
 from tracer.probes import (
     CHARGE_FAILURE,
@@ -26,37 +33,9 @@ from tracer.probes import (
     read_symbols,
 )
 
-FUNCTIONS = frozenset(
-    {
-        "mem_cgroup_out_of_memory",
-        "oom_kill_process",
-        "__oom_kill_process",
-        "try_to_free_mem_cgroup_pages",
-        "try_charge_memcg",
-    }
-)
-MARK_VICTIM = "oom/mark_victim"
-RECLAIM_BEGIN = "vmscan/mm_vmscan_memcg_reclaim_begin"
-RECLAIM_END = "vmscan/mm_vmscan_memcg_reclaim_end"
-TRACEPOINTS = frozenset({MARK_VICTIM, RECLAIM_BEGIN, RECLAIM_END})
-
 
 def features(**overrides: Any) -> KernelFeatures:
-    """A kernel with everything: BTF, fentry, kprobes, every function and tracepoint."""
-    base = KernelFeatures(
-        release="6.18.0-test",
-        btf=True,
-        btf_error=None,
-        kprobes=True,
-        fentry=True,
-        fentry_reason="",
-        symbols=FUNCTIONS,
-        tracepoints=TRACEPOINTS,
-        mark_victim_raw_task=True,
-        mark_victim_fields=frozenset({"pid", "comm", "anon_rss", "uid"}),
-        cgroup2_memory=True,
-    )
-    return dataclasses.replace(base, **overrides)
+    return full_kernel_features(frozenset({"pid", "comm", "anon_rss", "uid"}), **overrides)
 
 
 def tiers(p: probes.Plan) -> dict[str, str]:
