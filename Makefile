@@ -24,7 +24,9 @@ kernel-matrix-doc:
 comma := ,
 
 # Benchmarks (bench/): needs root; prints the summary table, writes bench/results/*.json and
-# rewrites docs/benchmarks.md. About 6 minutes on 2 cores.
+# rewrites docs/benchmarks.md. About 13 minutes on 2 cores, half of it peers-vm: the peers
+# benchmark in QEMU VMs on 6.1, 6.12 and 5.10 (bcc's oomkill-bpfcc needs kprobes).
+# One section into the last record: bench/run.sh --only peers-vm --merge
 .PHONY: bench
 bench:
 	bench/run.sh

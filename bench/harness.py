@@ -1,8 +1,8 @@
 """What every benchmark needs: the tracer as a subprocess whose stdout lines are stamped when
 read, the kernel's own log with its clock calibrated, statistics, and a record of the machine.
 
-Clocks: BPF stamps events with bpf_ktime_get_ns() (CLOCK_MONOTONIC); the harness stamps each
-line with time.monotonic_ns() as it reads it from the tracer's stdout (the same clock);
+Clocks: BPF stamps events with bpf_ktime_get_ns() (CLOCK_MONOTONIC); a stamping process stamps
+each line with time.monotonic_ns() as it reads it from the tracer's stdout (the same clock);
 /dev/kmsg stamps records with the printk clock, converted with tracer.kmsg.printk_offset_ns()
 measured before and after each benchmark (KERNEL_LAB.md, "Comparing kernel-log time with BPF
 time").
@@ -10,6 +10,7 @@ time").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,32 @@ class Line:
     event: dict[str, Any]
 
 
+# Reads stdin as it arrives and writes every line prefixed with CLOCK_MONOTONIC ns at read. It
+# runs real-time (SCHED_FIFO) where it may, and hands its output to a thread of its own: the
+# instrument must wait neither for a CPU behind the OOMing tasks it measures nor for its own
+# reader (a pipe holds only about 27 events with snapshots). The tracer itself gets no help.
+_STAMPER = """
+import os, queue, sys, threading, time
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+except OSError:
+    pass
+stamped = queue.SimpleQueue()
+def forward():
+    while (data := stamped.get()) is not None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+writer = threading.Thread(target=forward)
+writer.start()
+pending = b""
+while chunk := os.read(0, 1 << 20):
+    now = b"%d " % time.monotonic_ns()
+    *lines, pending = (pending + chunk).split(b"\\n")
+    stamped.put(b"".join(now + line + b"\\n" for line in lines if line))
+stamped.put(None)
+writer.join()
+"""
+
 # Every tracer start-up of this bench run: seconds from exec to "tracing", and RSS then.
 STARTUPS: list[tuple[float, int]] = []
 
@@ -55,6 +82,14 @@ class TracerRun:
             stderr=subprocess.PIPE,
             bufsize=0,
         )
+        # The tracer's stdout is read by a process of its own that only stamps lines: a reader
+        # thread here shares the GIL with the workload driver and JSON parsing, which was seen
+        # to add tens of milliseconds to the tail of what it measured.
+        assert self.process.stdout is not None
+        self._stamper = subprocess.Popen(
+            [sys.executable, "-c", _STAMPER], stdin=self.process.stdout, stdout=subprocess.PIPE, bufsize=0
+        )
+        self.process.stdout.close()
         self.lines: list[Line] = []
         self.diagnostics: list[dict[str, Any]] = []
         self.port = 0
@@ -77,18 +112,11 @@ class TracerRun:
         return (self.ready_ns - self.started_ns) / 1e9
 
     def _stdout(self) -> None:
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        pending = b""
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            now = time.monotonic_ns()
-            if not chunk:
-                return
-            *lines, pending = (pending + chunk).split(b"\n")
-            parsed = [Line(now, json.loads(line)) for line in lines if line]
+        assert self._stamper.stdout is not None
+        for stamped in self._stamper.stdout:
+            read_ns, _, line = stamped.partition(b" ")
             with self._cond:
-                self.lines += parsed
+                self.lines.append(Line(int(read_ns), json.loads(line)))
                 self._cond.notify_all()
 
     def _stderr(self) -> None:
@@ -141,7 +169,9 @@ class TracerRun:
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.terminate()
-        return self.process.wait(timeout=60)
+        code = self.process.wait(timeout=60)
+        self._stamper.wait(timeout=60)  # it ends with the tracer's stdout
+        return code
 
     def __enter__(self) -> TracerRun:
         return self
@@ -253,7 +283,7 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _mem_total() -> int:
+def memory_total_bytes() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
@@ -308,18 +338,57 @@ def probe_tiers() -> dict[str, str]:
     return {p["probe"]: p["tier"] for p in report["probes"]}
 
 
+PROC = Path("/proc")
+# KERN_ERR: the level of the kernel's "Killed process" line.
+_KERN_ERR = 3
+
+
+def consoles(proc: Path = PROC) -> dict[str, Any]:
+    """The kernel's consoles and the level below which a message is written to them.
+
+    A serial console writes every message under its level synchronously, with interrupts off
+    on that CPU; the OOM kill's "Killed process" line is KERN_ERR, so at the common level 4 each
+    kill also waits for a serial write, and so does the BPF ring buffer's wake-up (irq_work)
+    of the tracer behind it.
+    """
+    try:
+        names = [line.split()[0] for line in (proc / "consoles").read_text().splitlines() if line.strip()]
+        level = int((proc / "sys/kernel/printk").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return {"consoles": None, "console_loglevel": None, "kill_line_on_console": None}
+    on_console = bool(names) and level > _KERN_ERR
+    return {"consoles": names, "console_loglevel": level, "kill_line_on_console": on_console}
+
+
+@contextlib.contextmanager
+def kill_line_off_console(printk: Path = PROC / "sys/kernel/printk") -> Iterator[bool]:
+    """Lowers the console log level so the "Killed process" line stays off the consoles (it is
+    still in /dev/kmsg), and restores the level after. Yields whether anything was changed."""
+    original = printk.read_text()
+    fields = original.split()
+    if int(fields[0]) <= _KERN_ERR:
+        yield False
+        return
+    printk.write_text(" ".join([str(_KERN_ERR), *fields[1:]]))
+    try:
+        yield True
+    finally:
+        printk.write_text(original)
+
+
 def machine() -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kernel": platform.release(),
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
-        "memory_bytes": _mem_total(),
+        "memory_bytes": memory_total_bytes(),
         "virtualization": _virt(),
         "python": platform.python_version(),
         "commit": _git(),
         "loadavg_at_start": os.getloadavg(),
         "busiest_processes_at_start": _busy_processes(),
+        **consoles(),
     }
 
 

@@ -268,10 +268,12 @@ class Daemon:
 
     def _interval_bpf(self, tracer: Any, summarizer: NearOomSummarizer, memcg_known: bool) -> None:
         self.clock.refresh()
-        events, stale = summarizer.summarize(
-            tracer.near_oom_stats(), time.monotonic_ns(), self.config.interval_s, memcg_known
-        )
+        stats = tracer.near_oom_stats()
+        events, stale = summarizer.summarize(stats, time.monotonic_ns(), self.config.interval_s, memcg_known)
+        # A summary per cgroup that reclaimed: with hundreds of them this burst takes
+        # milliseconds, and a kill that arrives meanwhile must not wait behind it.
         for event in events:
+            tracer.consume()
             self.publish(event)
         if stale:
             tracer.forget_near_oom(stale)

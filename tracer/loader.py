@@ -61,6 +61,10 @@ class Tracer:
     def poll(self, timeout_ms: int) -> None:
         self._bpf.ring_buffer_poll(timeout_ms)
 
+    def consume(self) -> None:
+        """Delivers the records already in the ring buffer, without waiting for more."""
+        self._bpf.ring_buffer_consume()
+
     def near_oom_stats(self) -> dict[int, NearOomStats]:
         table = self._bpf["near_oom_stats"]
         stats = {}

@@ -162,8 +162,32 @@ def read_task(proc_root: Path, pid: int) -> dict[str, Any] | None:
     }
 
 
-def top_tasks(proc_root: Path, pids: list[int], top: int) -> list[dict[str, Any]]:
-    tasks = [t for t in (read_task(proc_root, pid) for pid in pids[:MAX_TASKS]) if t is not None]
+def victim_task(event: dict[str, Any]) -> dict[str, Any] | None:
+    """An oom_kill victim's row, from the kernel's own numbers at the kill; None if the event
+    lacks them (then /proc is read like any other task's)."""
+    pid, parts = event.get("victim_pid"), [event.get(f"{k}_rss_bytes") for k in ("anon", "file", "shmem")]
+    if not isinstance(pid, int) or any(not isinstance(b, int) for b in parts):
+        return None
+    comm = event.get("victim_comm")
+    anon, file, shmem = parts
+    return {
+        "pid": pid,
+        "comm": comm,
+        "role": role_of(comm),
+        "rss_bytes": sum(parts),
+        "anon_bytes": anon,
+        "file_bytes": file,
+        "shmem_bytes": shmem,
+    }
+
+
+def top_tasks(
+    proc_root: Path, pids: list[int], top: int, known: tuple[dict[str, Any], ...] = ()
+) -> list[dict[str, Any]]:
+    """The `top` largest tasks by RSS: `known` rows as given, the other pids from /proc."""
+    skip = {t["pid"] for t in known}
+    read = (read_task(proc_root, pid) for pid in pids[:MAX_TASKS] if pid not in skip)
+    tasks = [*known, *(t for t in read if t is not None)]
     tasks.sort(key=lambda t: (-t["rss_bytes"], t["pid"]))
     return tasks[:top]
 
@@ -176,13 +200,17 @@ def snapshot(
     source_event: str,
     top: int = DEFAULT_TOP,
     now_ns: Callable[[], int] = time.monotonic_ns,
+    victim: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The snapshot of `cgroup` now; None if the cgroup is gone."""
+    """The snapshot of `cgroup` now; None if the cgroup is gone. A `victim` row (victim_task())
+    is listed as given instead of read from /proc: a dying process's /proc numbers race its
+    exit, and reading them waits for the kill to finish (on a serial console, for its line)."""
     started = now_ns()
     stat = read_stat(memory_root, cgroup)
     if stat is None:
         return None
     pids = pids_in(memory_root, cgroup, MAX_TASKS)
+    known = (victim,) if victim is not None else ()
     return {
         "memcg": cgroup,
         "source_event": source_event,
@@ -191,8 +219,8 @@ def snapshot(
         "usage_bytes": read_usage(memory_root, cgroup),
         "limit_bytes": read_limit(memory_root, cgroup),
         "stat": stat,
-        "tasks_total": len(pids),
-        "tasks": top_tasks(proc_root, pids, top),
+        "tasks_total": len(set(pids) | {t["pid"] for t in known}),
+        "tasks": top_tasks(proc_root, pids, top, known),
     }
 
 
@@ -227,9 +255,18 @@ class SnapshotStage:
                 self._on_error(f"memory snapshot failed: {err}")
         return event
 
-    def _take(self, cgroup: str, event: dict[str, Any]) -> dict[str, Any] | None:
+    def _take(
+        self, cgroup: str, event: dict[str, Any], victim: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         return snapshot(
-            self._root, self._proc, cgroup, event.get("ktime_ns"), event["event"], self._top, self._now_ns
+            self._root,
+            self._proc,
+            cgroup,
+            event.get("ktime_ns"),
+            event["event"],
+            self._top,
+            self._now_ns,
+            victim,
         )
 
     def _on_memcg_oom(self, event: dict[str, Any]) -> None:
@@ -256,4 +293,4 @@ class SnapshotStage:
         if kept is not None and isinstance(ktime, int) and 0 <= ktime - kept[0] <= ATTACH_WINDOW_NS:
             event["memory_snapshot"] = kept[1]
             return
-        event["memory_snapshot"] = self._take(cgroup, event)
+        event["memory_snapshot"] = self._take(cgroup, event, victim_task(event))

@@ -214,6 +214,14 @@ def _label(value: object) -> str:
 MAX_REQUEST_HEAD_BYTES: Final = 8192
 # Drop idle or slow connections so they cannot pin handler threads.
 REQUEST_TIMEOUT_S: Final = 10.0
+# Connections served at once, each on a thread of its own, besides the /events streams the
+# stream hub allows. Over it, a connection gets 503 and is closed at once.
+MAX_CONNECTIONS: Final = 64
+_BUSY_BODY: Final = b"too many connections; retry later\n"
+_BUSY_REPLY: Final = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 # How long close() may wait for the serve loop to notice; ten idle wake-ups a second cost nothing measurable.
 _POLL_INTERVAL_S: Final = 0.1
 
@@ -350,13 +358,39 @@ class _Server(ThreadingHTTPServer):
         registry: CollectorRegistry,
         health: Health,
         stream: StreamHub | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.address_family = family
         self.registry = registry
         self.health = health
         self.events = EventsEndpoint(stream) if stream is not None else None
         self._dual_stack = dual_stack
+        streams = stream.max_clients if stream is not None else 0
+        self._slots = threading.BoundedSemaphore(max_connections + streams)
         super().__init__(sockaddr, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            # Every slot is taken (slow, idle or streaming clients): answer without a thread,
+            # so a flood of connections costs no more than this.
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY_REPLY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # the thread did not start
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def server_bind(self) -> None:
         if self._dual_stack:
@@ -411,7 +445,11 @@ class HttpServer:
 
 
 def start_http_server(
-    address: str, registry: CollectorRegistry, health: Health, stream: StreamHub | None = None
+    address: str,
+    registry: CollectorRegistry,
+    health: Health,
+    stream: StreamHub | None = None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> HttpServer:
     """Serve /metrics and /healthz (and /events from `stream`, if given) on `address` from a
     daemon thread, and return at once.
@@ -422,18 +460,22 @@ def start_http_server(
     host, port = parse_address(address)
     if host == "":
         try:
-            return _listen(address, socket.AF_INET6, ("::", port), True, registry, health, stream)
+            return _listen(
+                address, socket.AF_INET6, ("::", port), True, registry, health, stream, max_connections
+            )
         except OSError as e:
             # No IPv6 on this host: fall back to IPv4 only. Anything else is the caller's to see.
             if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
-        return _listen(address, socket.AF_INET, ("0.0.0.0", port), False, registry, health, stream)
+        return _listen(
+            address, socket.AF_INET, ("0.0.0.0", port), False, registry, health, stream, max_connections
+        )
     try:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ValueError(f"bad listen address {address!r}: cannot resolve {host!r}: {e.strerror}") from None
     family, _type, _proto, _name, sockaddr = infos[0]
-    return _listen(address, family, sockaddr, False, registry, health, stream)
+    return _listen(address, family, sockaddr, False, registry, health, stream, max_connections)
 
 
 def _listen(
@@ -444,9 +486,10 @@ def _listen(
     registry: CollectorRegistry,
     health: Health,
     stream: StreamHub | None = None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> HttpServer:
     try:
-        server = _Server(family, sockaddr, dual_stack, registry, health, stream)
+        server = _Server(family, sockaddr, dual_stack, registry, health, stream, max_connections)
     except OSError as e:
         raise OSError(e.errno, f"cannot listen on {address!r}: {e.strerror}") from e
     return HttpServer(server)

@@ -19,6 +19,7 @@ import re
 import secrets
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,25 @@ def test_idle_connections_do_not_stop_the_server_answering_others(server: int) -
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_a_connection_flood_is_answered_503_without_a_thread_and_slots_come_back() -> None:
+    registry = CollectorRegistry()
+    with start_http_server("127.0.0.1:0", registry, lambda: (True, "ok"), max_connections=4) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(4)]
+        try:
+            # The server accepts in arrival order: these four hold every slot.
+            got, reply = _raw(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert got == 503, reply
+            assert reply.endswith(b"too many connections; retry later\n")
+        finally:
+            for sock in idle:
+                sock.close()  # each handler thread sees EOF, ends, and frees its slot
+        deadline = time.monotonic() + 10
+        while (got := _raw(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")[0]) == 503:
+            assert time.monotonic() < deadline, "slots were not given back"
+            time.sleep(0.05)
+        assert got == 200
 
 
 # --- nothing leaks -----------------------------------------------------------------------------

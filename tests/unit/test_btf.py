@@ -1,3 +1,5 @@
+import contextlib
+import gc
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -274,3 +276,32 @@ def test_from_file_reads_a_blob(tmp_path: Path) -> None:
 def test_from_file_of_a_missing_file_is_a_btf_error_naming_the_path(tmp_path: Path) -> None:
     with pytest.raises(BtfError, match=r"cannot read BTF from .*/missing"):
         Btf.from_file(tmp_path / "missing")
+
+
+def _with_type_section_cut_short(blob: bytes) -> bytes:
+    """The header's type section length 2 bytes short: the last type record runs past it."""
+    type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
+    return blob[:8] + struct.pack("<IIII", type_off, type_len - 2, str_off, str_len) + blob[24:]
+
+
+@pytest.mark.parametrize("parses", [True, False], ids=["parsed", "malformed"])
+def test_the_garbage_collector_paused_for_the_parse_is_running_again_after_it(parses: bool) -> None:
+    blob = kernel_btf() if parses else _with_type_section_cut_short(kernel_btf())
+    assert gc.isenabled()
+    try:
+        Btf(blob)
+    except BtfError:
+        assert not parses
+    assert gc.isenabled()
+    gc.disable()  # a caller that paused it itself keeps it paused
+    try:
+        with contextlib.suppress(BtfError):
+            Btf(blob)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_type_record_running_past_its_section_is_a_btf_error() -> None:
+    with pytest.raises(BtfError, match="runs 2 bytes past the type section"):
+        Btf(_with_type_section_cut_short(kernel_btf()))

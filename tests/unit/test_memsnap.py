@@ -215,3 +215,49 @@ def test_a_failing_snapshot_is_reported_and_the_event_still_goes_out(tmp_path: P
         {"event": "oom_kill", "oom_memcg": POD, "ktime_ns": "not a number"}
     )
     assert out["event"] == "oom_kill" and len(errors) == 1
+
+
+def _qemu_kill(ktime_ns: int, **fields: Any) -> dict[str, Any]:
+    # The kernel's numbers at the kill, as the seed's "Killed process" line gives them.
+    numbers = {"anon_rss_bytes": 1_530_000 * 1024, "file_rss_bytes": 9_000 * 1024, "shmem_rss_bytes": 4096}
+    return event(
+        schema.OOM_KILL,
+        ktime_ns,
+        task_memcg=CONTAINER,
+        victim_pid=39079,
+        victim_comm="qemu-system-x86",
+        **{**numbers, **fields},
+    )
+
+
+@pytest.mark.parametrize("victim_in_proc", [True, False], ids=["still-in-proc", "already-gone"])
+def test_a_kills_own_snapshot_lists_the_victim_with_the_kernels_numbers_not_procs(
+    tmp_path: Path, victim_in_proc: bool
+) -> None:
+    node = FakeNode(tmp_path)
+    vm_pod(node)
+    if not victim_in_proc:
+        node.exit(39079)
+    stage = SnapshotStage(node.memory_root, node.proc, now_ns=lambda: 2 * 10**9)
+    snap = stage(_qemu_kill(10**9))["memory_snapshot"]
+    victim = snap["tasks"][0]
+    assert victim == {
+        "pid": 39079,
+        "comm": "qemu-system-x86",
+        "role": "qemu",
+        "rss_bytes": (1_530_000 + 9_000) * 1024 + 4096,
+        "anon_bytes": 1_530_000 * 1024,
+        "file_bytes": 9_000 * 1024,
+        "shmem_bytes": 4096,
+    }
+    assert [t["pid"] for t in snap["tasks"]].count(39079) == 1
+    assert snap["tasks_total"] == 7  # the victim counted once either way
+
+
+def test_a_kill_without_the_victims_memory_numbers_reads_it_from_proc(tmp_path: Path) -> None:
+    node = FakeNode(tmp_path)
+    vm_pod(node)
+    stage = SnapshotStage(node.memory_root, node.proc, now_ns=lambda: 2 * 10**9)
+    kill = _qemu_kill(10**9, anon_rss_bytes=None)  # e.g. a mark_victim format without rss fields
+    victim = next(t for t in stage(kill)["memory_snapshot"]["tasks"] if t["pid"] == 39079)
+    assert victim["anon_bytes"] == 150000 * 1024  # /proc's VmRSS split, not the event's

@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +101,26 @@ def foreign_headers() -> tuple[Path, Path, Path]:
 # Boots
 
 
-def boot(vng: Path, kernel: kernels.Kernel, foreign: tuple[Path, Path, Path]) -> dict[str, Any]:
-    out = RESULTS / kernel.series
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    guest = [
-        sys.executable, str(HERE / "guest.py"),
-        "--series", kernel.series, "--results", str(out), "--foreign-cache", str(foreign[0]),
-        "--python", sys.executable,
-        "--stage-tree", f"{kernel.headers_tar}:{kernel.headers}",
-        "--stage-tree", f"{foreign[2]}:{foreign[1]}",
-    ]  # fmt: skip
+@dataclass(frozen=True)
+class Boot:
+    """How one VM boot went; what the guest learnt comes back as files in its rwdir."""
+
+    seconds: float
+    timed_out: bool
+    guest_exit: int | None  # None: the script never reported an exit (crash, timeout)
+    console: Path
+
+
+def boot(
+    vng: Path,
+    kernel: kernels.Kernel,
+    guest: list[str],
+    out: Path,
+    memory: str = "2G",
+    timeout_s: float = BOOT_TIMEOUT_S,
+) -> Boot:
+    """Boots `kernel` once and runs `guest` (argv) in it; `out` is shared read-write with the
+    VM and receives console.log."""
     cmd = [
         str(vng), "--run", kernel.vmlinuz,
         "--disable-kvm",  # KVM hangs on this machine kind; TCG works
@@ -123,9 +133,9 @@ def boot(vng: Path, kernel: kernels.Kernel, foreign: tuple[Path, Path, Path]) ->
         # (int3 text patching), which on two TCG vCPUs at once was seen to oops; the guest
         # brings the second CPU online before it starts (guest.py: online_cpus()).
         "--append", "tsc=reliable maxcpus=1",
-        "--force-9p", "--cpus", "2", "--memory", "2G",
+        "--force-9p", "--cpus", "2", "--memory", memory,
         "--verbose",  # the script's output only reaches the console: kept in console.log
-        "--rwdir", str(out),  # results.json comes back through this shared directory
+        "--rwdir", str(out),  # results come back through this shared directory
         "--exec", " ".join(_quote(a) for a in guest),
     ]  # fmt: skip
     env = dict(os.environ, PATH=f"{VNG_VENV / 'bin'}:{os.environ.get('PATH', '')}")
@@ -134,15 +144,29 @@ def boot(vng: Path, kernel: kernels.Kernel, foreign: tuple[Path, Path, Path]) ->
     console = out / "console.log"
     with console.open("w") as log:
         try:
-            subprocess.run(
-                cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=BOOT_TIMEOUT_S
-            )
+            subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
     elapsed = time.monotonic() - started
     text = console.read_text(errors="replace")
     exit_line = re.search(r"virtme-ng-init: script exited with code (\d+)", text)
+    return Boot(round(elapsed, 1), timed_out, int(exit_line.group(1)) if exit_line else None, console)
+
+
+def run_suite(vng: Path, kernel: kernels.Kernel, foreign: tuple[Path, Path, Path]) -> dict[str, Any]:
+    """One boot running tests/vm/guest.py: the matrix's scenarios on `kernel`."""
+    out = RESULTS / kernel.series
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    guest = [
+        sys.executable, str(HERE / "guest.py"),
+        "--series", kernel.series, "--results", str(out), "--foreign-cache", str(foreign[0]),
+        "--python", sys.executable,
+        "--stage-tree", f"{kernel.headers_tar}:{kernel.headers}",
+        "--stage-tree", f"{foreign[2]}:{foreign[1]}",
+    ]  # fmt: skip
+    booted = boot(vng, kernel, guest, out)
     results: dict[str, Any]
     try:
         results = json.loads((out / "results.json").read_text())
@@ -156,10 +180,10 @@ def boot(vng: Path, kernel: kernels.Kernel, foreign: tuple[Path, Path, Path]) ->
     results["boot"] = {
         "release": kernel.release,
         "version": kernel.version,
-        "seconds": round(elapsed, 1),
-        "timed_out": timed_out,
-        "guest_exit": int(exit_line.group(1)) if exit_line else None,
-        "console": str(console),
+        "seconds": booted.seconds,
+        "timed_out": booted.timed_out,
+        "guest_exit": booted.guest_exit,
+        "console": str(booted.console),
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
@@ -381,7 +405,7 @@ def main() -> int:
         say(f"FAIL setup: {err}")
         return 1
     for kernel in fetched:
-        results = boot(vng, kernel, foreign)
+        results = run_suite(vng, kernel, foreign)
         all_results.append(results)
         bad = failures(results)
         problems += bad

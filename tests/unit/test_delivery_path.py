@@ -1,0 +1,205 @@
+"""What decides how fast a kill's line is delivered, and how the benchmark measures it: the
+daemon drains the ring buffer between near_oom summaries; the latency benchmark's line stamper,
+its console switch and its report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import harness, report
+from tracer.cli import _run_config, build_parser
+from tracer.daemon import Daemon
+from tracer.decode import NearOomStats
+from tracer.near_oom import NearOomSummarizer
+
+
+class _RecordingTracer:
+    """Stands in for tracer.loader.Tracer: near_oom stats for many cgroups, and a log of when
+    the daemon drained the ring buffer relative to what it published."""
+
+    def __init__(self, log: list[str], cgroups: int) -> None:
+        self.log = log
+        self.stats = {
+            1000 + n: NearOomStats(reclaim_calls=5, reclaim_ns=10, reclaimed_pages=1, charge_failures=2)
+            for n in range(cgroups)
+        }
+
+    def near_oom_stats(self) -> dict[int, NearOomStats]:
+        return self.stats
+
+    def consume(self) -> None:
+        self.log.append("consume")
+
+    def forget_near_oom(self, memcg_ids: list[int]) -> None:
+        pass
+
+    def lost(self) -> dict[str, int]:
+        return {}
+
+
+def test_the_ring_buffer_is_drained_before_every_near_oom_summary() -> None:
+    daemon = Daemon(_run_config(build_parser().parse_args(["run"])))
+    log: list[str] = []
+    daemon.publish = lambda event: log.append(event["phase"])  # type: ignore[method-assign]
+    summarizer = NearOomSummarizer(daemon_decoder(), "tracepoint", charge_failures_known=True)
+    daemon._interval_bpf(_RecordingTracer(log, cgroups=50), summarizer, memcg_known=True)
+    assert log.count("summary") == 50
+    # A kill waiting in the ring buffer is never behind more than the summary being written.
+    assert log == ["consume", "summary"] * 50
+
+
+def daemon_decoder() -> Any:
+    from tracer.decode import Decoder
+
+    return Decoder(4096, {})
+
+
+def test_the_stamper_stamps_every_whole_line_once_with_the_monotonic_clock() -> None:
+    stamper = subprocess.Popen(
+        [sys.executable, "-c", harness._STAMPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert stamper.stdin is not None and stamper.stdout is not None
+
+    def send(chunk: bytes) -> None:
+        assert stamper.stdin is not None
+        stamper.stdin.write(chunk)
+        stamper.stdin.flush()
+
+    # A line split across two writes is one line, stamped when it became whole.
+    send(b'{"event": "oom_kill", "n": 1}\n{"event": "oom')
+    first = stamper.stdout.readline()
+    time.sleep(0.05)
+    before = time.monotonic_ns()
+    send(b'_kill", "n": 2}\n{"n": 3}\n')
+    stamper.stdin.close()
+    rest = stamper.stdout.read()
+    after = time.monotonic_ns()
+    assert stamper.wait(timeout=30) == 0
+    stamps, lines = zip(
+        *(line.split(b" ", 1) for line in [first, *rest.splitlines(keepends=True)]), strict=True
+    )
+    assert list(lines) == [
+        b'{"event": "oom_kill", "n": 1}\n',
+        b'{"event": "oom_kill", "n": 2}\n',
+        b'{"n": 3}\n',
+    ]
+    ns = [int(s) for s in stamps]
+    assert ns[0] < before <= ns[1] == ns[2] <= after
+
+
+def _proc(tmp_path: Path, consoles: str, printk: str) -> Path:
+    (tmp_path / "consoles").write_text(consoles)
+    (tmp_path / "sys/kernel").mkdir(parents=True)
+    (tmp_path / "sys/kernel/printk").write_text(printk)
+    return tmp_path
+
+
+def test_a_serial_console_at_level_4_gets_the_kill_line(tmp_path: Path) -> None:
+    proc = _proc(tmp_path, "ttyS0                -W- (EC  p a)    4:64\n", "4\t4\t1\t7\n")
+    assert harness.consoles(proc) == {
+        "consoles": ["ttyS0"],
+        "console_loglevel": 4,
+        "kill_line_on_console": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("consoles", "printk"),
+    [("ttyS0 -W- (EC p a) 4:64\n", "3 4 1 7\n"), ("", "7 4 1 7\n")],
+    ids=["level-3", "no-console"],
+)
+def test_no_kill_line_on_console_below_err_level_or_without_a_console(
+    tmp_path: Path, consoles: str, printk: str
+) -> None:
+    assert harness.consoles(_proc(tmp_path, consoles, printk))["kill_line_on_console"] is False
+
+
+def test_the_console_level_is_lowered_for_the_block_and_restored_even_on_error(tmp_path: Path) -> None:
+    printk = _proc(tmp_path, "ttyS0\n", "4\t4\t1\t7\n") / "sys/kernel/printk"
+    with pytest.raises(RuntimeError), harness.kill_line_off_console(printk) as changed:
+        assert changed
+        assert printk.read_text().split() == ["3", "4", "1", "7"]
+        raise RuntimeError("benchmark failed")
+    assert printk.read_text().split() == ["4", "4", "1", "7"]
+
+
+def test_a_console_level_already_low_is_left_alone(tmp_path: Path) -> None:
+    printk = _proc(tmp_path, "ttyS0\n", "2 4 1 7\n") / "sys/kernel/printk"
+    with harness.kill_line_off_console(printk) as changed:
+        assert not changed
+    assert printk.read_text() == "2 4 1 7\n"
+
+
+def _row(rate: int, p99: float, on_console: bool | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "target_kills_per_s": rate,
+        "seconds": 10.0,
+        "allocators_in_flight_max": 4,
+        "tracer_nice": 0,
+        "allocators": rate * 10,
+        "kernel_kills": rate * 10,
+        "delivered": rate * 10,
+        "achieved_kills_per_s": float(rate),
+        "latency_ms": {
+            "n": rate * 10,
+            "min": 0.5,
+            "p50": 1.0,
+            "p90": 2.0,
+            "p99": p99,
+            "max": p99 + 1,
+            "mean": 1,
+        },
+        "tracer_cpu_percent_of_one_core": 3.0,
+        "tracer_rss_bytes": 1 << 27,
+    }
+    if on_console is not None:
+        row["kill_line_on_console"] = on_console
+    return row
+
+
+def _record(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    latency = {
+        "cgroups": 100,
+        "limit_bytes": 8 << 20,
+        "rows": rows,
+        "lost": {},
+        "tracer_rss_end_bytes": 1 << 27,
+        "tracer_rss_peak_bytes": 1 << 27,
+    }
+    machine = {
+        "date": "2026-11-26T00:00:00Z",
+        "kernel": "6.18",
+        "cpu": "test CPU",
+        "cpus": 2,
+        "memory_bytes": 1 << 34,
+        "virtualization": "kvm",
+        "commit": "abc1234",
+        "consoles": ["ttyS0"],
+        "console_loglevel": 4,
+        "kill_line_on_console": True,
+    }
+    return {"machine": machine, "benchmarks": {"latency": latency}}
+
+
+def test_the_summary_judges_100_per_s_with_and_without_the_kill_line_on_the_console() -> None:
+    rows = [_row(1, 3.0, True), _row(100, 16.0, True), _row(1, 1.5, False), _row(100, 4.0, False)]
+    table = report.summary_table(_record(rows))
+    loud = next(line for line in table.splitlines() if "100 kills/s |" in line)
+    quiet = next(line for line in table.splitlines() if "kept off the serial console" in line)
+    assert "p99 16 ms" in loud.replace("16.0", "16") and "missed" in loud
+    assert "p99 4" in quiet and "met" in quiet and "missed" not in quiet
+    assert "Rows with the kill line off the console" in report.markdown(_record(rows))
+
+
+def test_results_from_before_the_console_rows_count_as_on_the_console() -> None:
+    text = report.markdown(_record([_row(1, 3.0, None), _row(100, 16.0, None)]))
+    assert "| yes |" in text and "| no |" not in text
+    assert "Rows with the kill line off the console" not in text
+    assert 'ttyS0 at log level 4: the kernel writes each kill\'s "Killed process" line' in text
+    assert "kept off the serial console" not in report.summary_table(_record([_row(100, 16.0, None)]))
