@@ -16,6 +16,10 @@ buffer's wake-up of the tracer (irq_work). The same rates are therefore run a se
 the console level lowered to 3 for the duration (the line stays in /dev/kmsg; the level is
 restored after), to separate the console's share from the tracer's.
 
+Last, two storms of 50 cgroups OOMing at once (every allocator runnable, reclaiming on both
+CPUs), the tracer at nice 0 and then at nice -10 (`oomtrace run --nice`): in a storm the
+tracer's CPU priority, not its own work, decides when a kill's line comes out.
+
 Latency per oom_kill event: CLOCK_MONOTONIC when a process that only
 reads and stamps the tracer's stdout read the line minus the
 event's ktime_ns (the BPF clock, CLOCK_MONOTONIC too). Achieved rate: kills / time between the
@@ -69,6 +73,45 @@ def _drive(zygotes: list[Zygote], pool: Pool, rate: int, seconds: float, in_flig
             pool.sandboxes[i % len(pool)], comm, 4 * LIMIT // MIB, wait_fork=False
         )
     return n
+
+
+STORM_CGROUPS = 50
+STORM_LIMIT = 32 * MIB
+STORM_NICE = (0, -10)
+
+
+def _storm(tracer: TracerRun, zygote: Zygote, nice: int) -> dict[str, Any]:
+    """50 pod cgroups OOMing at once, every allocator runnable and reclaiming on both CPUs."""
+    _renice(tracer.process.pid, nice)
+    comm = f"storm{nice}"
+    with Pool(STORM_CGROUPS, STORM_LIMIT) as pool:
+        time.sleep(1.0)
+        started = time.monotonic()
+        tags = [zygote.spawn(pod, comm, 4 * STORM_LIMIT // MIB, wait_fork=False) for pod in pool]
+        pids = {zygote.wait(tag).pid for tag in tags}
+        seconds = time.monotonic() - started
+        kernel = pool.kernel_oom_kills()
+        containers = set(pool.by_container())
+        tracer.wait_for(
+            lambda lines: (
+                pids <= {ln.event.get("victim_pid") for ln in lines if ln.event["event"] == "oom_kill"}
+            ),
+            timeout_s=20,
+        )
+    kills = [
+        ln
+        for ln in tracer.events(lambda e: e["event"] == "oom_kill" and e["victim_comm"] == comm)
+        if ln.event["task_memcg"] in containers
+    ]
+    _renice(tracer.process.pid, 0)
+    return {
+        "cgroups": STORM_CGROUPS,
+        "tracer_nice": nice,
+        "storm_seconds": round(seconds, 2),
+        "kernel_kills": kernel,
+        "delivered": len(kills),
+        "latency_ms": distribution(ms(ln.read_ns - ln.event["ktime_ns"]) for ln in kills),
+    }
 
 
 def _renice(pid: int, nice: int) -> None:
@@ -132,6 +175,11 @@ def run(scale: float = 1.0) -> dict[str, Any]:
                 )
                 _renice(tracer.process.pid, 0)
                 time.sleep(1.5)
+            storms = []
+            for nice in STORM_NICE:
+                say(f"latency: a storm of {STORM_CGROUPS} cgroups OOMing at once, tracer at nice {nice}")
+                storms.append(_storm(tracer, zygotes[0], nice))
+                time.sleep(1.5)
             lost = tracer.lost()
             rss = ProcessUsage.of(tracer.process.pid)
         finally:
@@ -141,6 +189,7 @@ def run(scale: float = 1.0) -> dict[str, Any]:
         "cgroups": CGROUPS,
         "limit_bytes": LIMIT,
         "rows": rows,
+        "storms": storms,
         "lost": lost,
         "tracer_rss_end_bytes": rss.rss_bytes,
         "tracer_rss_peak_bytes": rss.hwm_bytes,

@@ -37,6 +37,16 @@ def _power_of_two(text: str) -> int:
     return value
 
 
+def _nice(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not -20 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be from -20 to 19: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="oomtrace",
@@ -70,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=_env("DURATION", None),
         help="stop after this many seconds (default: run until SIGTERM/SIGINT)",
+    )
+    run.add_argument(
+        "--nice",
+        type=_nice,
+        default=_env("NICE", None),
+        help="run at this nice value (-20 to 19; below 0 needs CAP_SYS_NICE). In an OOM storm, "
+        "reclaiming tasks fill every CPU and a tracer at the default priority waits behind them "
+        "(docs/deploy.md, 'CPU priority'); default: as started",
     )
     run.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     # Hidden: a smaller ring buffer makes overflow reachable in tests (tests/reliability).
@@ -326,6 +344,17 @@ def _attribution(args: argparse.Namespace, daemon: Any) -> Any:
     return close
 
 
+def set_nice(value: int) -> None:
+    """This process's nice value, before it starts any thread: on Linux it is per thread, and
+    threads inherit their creator's."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, value)
+    except OSError as err:
+        raise UsageError(
+            f"--nice {value}: {err.strerror} (a nice value below 0 needs CAP_SYS_NICE)"
+        ) from None
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise UsageError("needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) to load BPF programs")
@@ -372,6 +401,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     _require_root()
+    if args.nice is not None:
+        set_nice(args.nice)
     from tracer.daemon import Daemon
 
     try:

@@ -59,6 +59,8 @@ BAD_ARGUMENTS = [
     pytest.param(["frobnicate"], "invalid choice: 'frobnicate'", id="unknown subcommand"),
     pytest.param([], "the following arguments are required: command", id="no subcommand"),
     pytest.param(["run", "--interval"], "expected one argument", id="flag without its value"),
+    pytest.param(["run", "--nice", "-21"], "must be from -20 to 19: '-21'", id="nice below -20"),
+    pytest.param(["run", "--nice", "high"], "not a whole number: 'high'", id="nice not a number"),
 ]
 
 
@@ -280,3 +282,27 @@ def test_near_oom_quiet_too_large_for_the_kernel_is_a_usage_error(
     monkeypatch.setattr(probes, "detect", lambda **_: dataclasses.replace(NO_BTF_FEATURES))
     assert run_main(["run", "--dump-bpf", "--near-oom-quiet", quiet]) == EXIT_USAGE
     one_error_line(capsys.readouterr().err)
+
+
+def test_nice_sets_the_processes_priority_before_it_starts_threads() -> None:
+    probe = (
+        "import os, threading; from tracer.cli import set_nice; set_nice(7); "
+        "t = threading.Thread(target=lambda: print(os.getpriority(os.PRIO_PROCESS, 0))); t.start(); t.join()"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "7", out.stderr  # seen from a thread started after it
+
+
+def test_a_nice_value_the_process_may_not_take_is_one_line_naming_the_capability(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tracer.cli as cli
+
+    def refuse(_which: int, _who: int, _value: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(cli.os, "setpriority", refuse)
+    monkeypatch.setattr(cli, "_require_root", lambda: None)
+    assert run_main(["run", "--nice", "-10", "--metrics-address", "none"]) == EXIT_USAGE
+    line = one_error_line(capsys.readouterr().err)
+    assert "--nice -10: Operation not permitted" in line and "CAP_SYS_NICE" in line

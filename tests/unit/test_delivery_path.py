@@ -203,3 +203,20 @@ def test_results_from_before_the_console_rows_count_as_on_the_console() -> None:
     assert "Rows with the kill line off the console" not in text
     assert 'ttyS0 at log level 4: the kernel writes each kill\'s "Killed process" line' in text
     assert "kept off the serial console" not in report.summary_table(_record([_row(100, 16.0, None)]))
+
+
+def test_storm_rows_are_rendered_by_nice_value_in_the_section_and_the_summary() -> None:
+    record = _record([_row(100, 4.0, True)])
+
+    def storm(nice: int, p50: float) -> dict[str, Any]:
+        latency = {"n": 50, "min": 1.0, "p50": p50, "p90": p50, "p99": p50, "max": p50 * 2, "mean": p50}
+        counts = {"cgroups": 50, "storm_seconds": 0.7, "kernel_kills": 50, "delivered": 50}
+        return {**counts, "tracer_nice": nice, "latency_ms": latency}
+
+    record["benchmarks"]["latency"]["storms"] = [storm(0, 147.0), storm(-10, 2.3)]
+    text = report.markdown(record)
+    assert "| 0 | 0.7 s | 50 / 50 | 147 ms | 147 ms | 294 ms |" in text.replace(".0 ms", " ms")
+    assert "| -10 | 0.7 s | 50 / 50 | 2.3 ms |" in text
+    summary = next(line for line in report.summary_table(record).splitlines() if "OOM storm (50" in line)
+    assert "nice 0: p50 147" in summary and "nice -10: p50 2.3" in summary
+    assert "OOM storms" not in report.markdown(_record([_row(100, 4.0, True)]))
