@@ -107,16 +107,18 @@ class ReplayTracer:
         import select
 
         ready, _, _ = select.select([self._fd], [], [], timeout_ms / 1000)
-        if not ready:
-            return
+        if ready and not self.consume():
+            time.sleep(timeout_ms / 1000)  # the producer is done
+
+    def consume(self) -> bool:
+        """Delivers the records already written; False once the producer has closed the pipe."""
         while True:
             try:
                 chunk = os.read(self._fd, RINGBUF_BYTES)
             except BlockingIOError:
-                return
+                return True
             if not chunk:
-                time.sleep(timeout_ms / 1000)  # the producer is done
-                return
+                return False
             data = self._pending + chunk
             whole = len(data) - len(data) % RECORD
             for offset in range(0, whole, RECORD):
