@@ -444,6 +444,7 @@ class VmLocator:
         self._clock = clock
         self._on_found = on_found
         self._lock = threading.Lock()
+        self._learning = threading.Lock()  # taken before _lock, never inside it
         self._pods: OrderedDict[str, QemuInfo] = OrderedDict()
         # A new process is named after its parent until it execs, so its comm is read on every
         # scan while it is young; after that (or at the first scan) it is settled: never read again.
@@ -495,24 +496,27 @@ class VmLocator:
         return learnt
 
     def _learn(self, pid: int, pod_uid: str | None) -> bool:
-        with self._lock:
-            if pid in self._parsed:
-                return False
-            self._parsed.add(pid)
-        if pod_uid is None:
-            pod_uid = tags_for_path(path_of_pid(pid, self._proc))["pod_uid"]
+        # One learner at a time, start to end: an event that finds the scan thread reading
+        # this QEMU's command line waits for it instead of seeing "parsed" and no answer yet.
+        with self._learning:
+            with self._lock:
+                if pid in self._parsed:
+                    return False
+                self._parsed.add(pid)
             if pod_uid is None:
-                return False  # QEMU outside a pod (plain libvirt): not a KubeVirt VM
-        raw = _read(self._proc / str(pid) / "cmdline", MAX_CMDLINE_BYTES)
-        self.cmdline_reads += 1
-        if not raw:
-            return False  # exited, or a kernel thread
-        info = parse_qemu_cmdline(raw, pid)
-        with self._lock:
-            self._pods[pod_uid] = info
-            self._pods.move_to_end(pod_uid)
-            while len(self._pods) > MAX_PODS:
-                self._pods.popitem(last=False)
+                pod_uid = tags_for_path(path_of_pid(pid, self._proc))["pod_uid"]
+                if pod_uid is None:
+                    return False  # QEMU outside a pod (plain libvirt): not a KubeVirt VM
+            raw = _read(self._proc / str(pid) / "cmdline", MAX_CMDLINE_BYTES)
+            self.cmdline_reads += 1
+            if not raw:
+                return False  # exited, or a kernel thread
+            info = parse_qemu_cmdline(raw, pid)
+            with self._lock:
+                self._pods[pod_uid] = info
+                self._pods.move_to_end(pod_uid)
+                while len(self._pods) > MAX_PODS:
+                    self._pods.popitem(last=False)
         if self._on_found is not None:
             self._on_found(PodVm(pod_uid, info))
         return True

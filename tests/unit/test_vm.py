@@ -1,6 +1,7 @@
 """QEMU command lines, task roles, the per-pod VM cache and the VM stage, on fixture trees."""
 
 import json
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,38 @@ def test_the_scan_learns_a_pods_qemu_and_reads_its_command_line_once(node: FakeN
     assert info is not None and info.vm == "default/vm2" and info.pid == 8823
     assert locator.cmdline_reads == 1
     assert [f.pod_uid for f in found] == [UID]
+
+
+def test_an_event_racing_the_scan_thread_for_a_qemu_waits_for_its_command_line(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan thread has claimed the QEMU process and is reading its command line when a kill
+    # in that pod arrives: the event must get the VM, not "already being parsed, nothing yet".
+    node.process(8823, "qemu-system-x86", CONTAINER, argv(*KUBEVIRT_CMDLINE))
+    locator = VmLocator(node.memory_root, node.proc)
+    reading, release = threading.Event(), threading.Event()
+    read = vm._read
+
+    def slow_for_the_scanner(path: Path, limit: int) -> bytes | None:
+        if path.name == "cmdline" and threading.current_thread().name == "scanner":
+            reading.set()
+            release.wait(10)
+        return read(path, limit)
+
+    monkeypatch.setattr(vm, "_read", slow_for_the_scanner)
+    scanner = threading.Thread(target=locator.scan, name="scanner")
+    scanner.start()
+    assert reading.wait(10)
+    answers: list[QemuInfo | None] = []
+    event_path = threading.Thread(target=lambda: answers.append(locator.for_pod(UID, CONTAINER)))
+    event_path.start()
+    event_path.join(0.2)
+    assert event_path.is_alive()  # waiting for the scanner's read, not answering None
+    release.set()
+    event_path.join(10)
+    scanner.join(10)
+    assert answers and answers[0] is not None and answers[0].vcpus == 2
+    assert locator.cmdline_reads == 1
 
 
 def test_a_new_process_that_execs_qemu_late_is_found_while_it_is_young(node: FakeNode) -> None:
