@@ -27,11 +27,12 @@ class HeaderTree:
         return self.origin in ("running kernel", "kheaders")
 
 
-def _merge(common: Path, arch: Path, into: Path) -> None:
-    """One symlink tree holding both halves (bcc wants a single directory)."""
+def merge_tree(halves: list[Path], into: Path) -> None:
+    """One symlink tree holding every half (bcc wants a single directory); a later half wins
+    where two have a file (Debian: common, then arch). Built beside `into`, then renamed."""
     partial = into.with_name(into.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    for half in (common, arch):  # the arch half wins where both have a file
+    for half in halves:
         for dirpath, _dirs, files in os.walk(half, followlinks=False):
             rel = Path(dirpath).relative_to(half)
             (partial / rel).mkdir(parents=True, exist_ok=True)
@@ -40,6 +41,7 @@ def _merge(common: Path, arch: Path, into: Path) -> None:
                 if link.is_symlink() or link.exists():
                     link.unlink()
                 link.symlink_to(Path(dirpath) / name)
+    shutil.rmtree(into, ignore_errors=True)
     partial.rename(into)
 
 
@@ -89,8 +91,7 @@ def find_headers(
     if not (merged / "include/linux/kconfig.h").exists():
         try:
             merged.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(merged, ignore_errors=True)
-            _merge(src_root / f"linux-headers-{version}-common", arch, merged)
+            merge_tree([src_root / f"linux-headers-{version}-common", arch], merged)
         except OSError as err:
             # Read-only or full: leave no half-built tree behind to fill it further.
             shutil.rmtree(merged.with_name(merged.name + ".partial"), ignore_errors=True)

@@ -287,14 +287,14 @@ def test_a_header_merge_that_fails_midway_removes_its_partial_tree(
     for half in ("linux-headers-6.1.0-56-common", "linux-headers-6.1.0-56-amd64"):
         (src / half / "include/linux").mkdir(parents=True)
         (src / half / "include/linux/kconfig.h").write_text("")
-    real_merge = headers._merge
+    real_merge = headers.merge_tree
 
-    def merge_then_fail(common: Path, arch: Path, into: Path) -> None:
-        real_merge(common, arch, into.with_name("scratch"))
+    def merge_then_fail(halves: list[Path], into: Path) -> None:
+        real_merge(halves, into.with_name("scratch"))
         (into.with_name(into.name + ".partial") / "include").mkdir(parents=True)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(headers, "_merge", merge_then_fail)
+    monkeypatch.setattr(headers, "merge_tree", merge_then_fail)
     with pytest.raises(HeadersError, match="No space left on device; give --headers-cache"):
         find_headers("6.18.0", tmp_path / "lib/modules", src, tmp_path / "cache", env={})
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["scratch"]

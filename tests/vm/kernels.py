@@ -25,6 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a script too (make kernels)
+
+from tracer.headers import merge_tree  # noqa: E402  (after the path)
+
 # Outside the repository by default, so fresh clones (CI) reuse the downloads; never under
 # /var/tmp, /var/cache, /var/log, /var/lib/apt or /usr/lib/modules (hidden in the VM).
 CACHE = Path(os.environ.get("OOMTRACE_VM_CACHE", "/opt/oomtrace-vm")) / "kernels"
@@ -163,23 +167,6 @@ def resolve(series: str) -> tuple[str, str]:
         raise FetchError(f"no linux-image {series} with matching headers in the archive")
     preferred = [u for u in usable if u[0].removesuffix("-amd64") not in foreign]
     return (preferred or usable)[0]
-
-
-def merge_tree(halves: list[Path], into: Path) -> None:
-    """One symlink tree holding every half (bcc wants a single directory); later halves win."""
-    partial = into.with_name(into.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for half in halves:
-        for dirpath, _dirs, files in os.walk(half):
-            rel = Path(dirpath).relative_to(half)
-            (partial / rel).mkdir(parents=True, exist_ok=True)
-            for name in files:
-                link = partial / rel / name
-                if link.is_symlink() or link.exists():
-                    link.unlink()
-                link.symlink_to(Path(dirpath) / name)
-    shutil.rmtree(into, ignore_errors=True)
-    partial.rename(into)
 
 
 # Named after what goes in: a change to the exclusions below must change the name.
