@@ -69,6 +69,19 @@ _KILLED_RE: Final = re.compile(
     r"(?: oom_score_adj:(?P<adj>-?[0-9]{1,5}))?",
     re.ASCII,
 )
+# The oom_kill fields a "Killed process" line alone gives (UID, pgtables and oom_score_adj on
+# kernels that print them): what any reader of the kernel log learns of every kill.
+KILLED_LINE_FIELDS: Final = (
+    "victim_pid",
+    "victim_comm",
+    "victim_uid",
+    "total_vm_bytes",
+    "anon_rss_bytes",
+    "file_rss_bytes",
+    "shmem_rss_bytes",
+    "pgtables_bytes",
+    "oom_score_adj",
+)
 # Longer than any real oom-kill: line (two cgroup paths of at most 4 KiB each).
 _MAX_SUMMARY: Final = 16384
 _NO_VICTIM: Final = "Out of memory and no killable processes..."

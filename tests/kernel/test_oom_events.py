@@ -6,22 +6,12 @@ from typing import Any
 import pytest
 
 from tests.kernel.conftest import KernelLog, Tracer
+from tracer.kmsg import KILLED_LINE_FIELDS
 from tracer.sandbox import PodSandbox
 
 MIB = 1 << 20
 # The kernel's report and our event describe the same kill: these must agree exactly.
-VICTIM_FIELDS = (
-    "victim_pid",
-    "victim_comm",
-    "victim_uid",
-    "total_vm_bytes",
-    "anon_rss_bytes",
-    "file_rss_bytes",
-    "shmem_rss_bytes",
-    "pgtables_bytes",
-    "oom_score_adj",
-    "task_memcg",
-)
+VICTIM_FIELDS = (*KILLED_LINE_FIELDS, "task_memcg")
 
 
 def _kills(tracer: Tracer, pid: int) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracer.kmsg import KmsgReader, OomReportParser, parse_kmsg_record
+from tracer.kmsg import KILLED_LINE_FIELDS, KmsgReader, OomReportParser, parse_kmsg_record
 from tracer.schema import MEMCG_OOM, OOM_KILL, blank_event
 
 KIB = 1024
@@ -358,6 +358,9 @@ def test_kill_without_its_header_leaves_constraint_and_cgroups_unknown() -> None
         pgtables_bytes=12 * KIB,
         oom_score_adj=-17,
     )
+    # Exactly the fields a Killed line gives, the ones the kernel tests compare field by field.
+    given = {k for k, v in kill.items() if v is not None} - {"event", "ktime_ns", "tier"}
+    assert given == set(KILLED_LINE_FIELDS)
 
 
 def test_header_for_one_pid_is_never_attached_to_the_kill_of_another() -> None:

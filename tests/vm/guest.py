@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tracer.kmsg import KmsgReader, OomReportParser, printk_offset_ns  # noqa: E402
+from tracer.kmsg import KILLED_LINE_FIELDS, KmsgReader, OomReportParser, printk_offset_ns  # noqa: E402
 from tracer.sandbox import PodSandbox  # noqa: E402
 
 MIB = 1 << 20
@@ -67,20 +67,6 @@ _KPROBE_WRAPPER = (
     "p._fentry_refusal = lambda btf: 'ruled out by the kernel matrix (kprobe-tier run)'\n"
     "from tracer.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
-)
-
-# Fields of the kernel's "Killed process" line and oom-kill: summary that an oom_kill event
-# must reproduce exactly.
-VICTIM_FIELDS = (
-    "victim_pid",
-    "victim_comm",
-    "victim_uid",
-    "total_vm_bytes",
-    "anon_rss_bytes",
-    "file_rss_bytes",
-    "shmem_rss_bytes",
-    "pgtables_bytes",
-    "oom_score_adj",
 )
 
 
@@ -516,7 +502,7 @@ def check_variant(
 
     # oom_kill: exactly one per victim, agreeing with the kernel's report.
     full_tracepoint = {"comm", "anon_rss", "uid"} <= set(facts["mark_victim_fields"])
-    compared = VICTIM_FIELDS if btf or full_tracepoint else ("victim_pid",)
+    compared = KILLED_LINE_FIELDS if btf or full_tracepoint else ("victim_pid",)
     for victim in run["victims"]:
         kills = [e for e in ours if e["event"] == "oom_kill" and e["victim_pid"] == victim]
         if not c.eq(f"oom_kill[{victim}].count", 1, len(kills)):
@@ -525,7 +511,8 @@ def check_variant(
         if theirs is None:
             c.true(f"oom_kill[{victim}].kernel_line", False, "the kernel log has no kill of this pid")
             continue
-        for field in VICTIM_FIELDS:
+        # The Killed line's fields: the event must reproduce them exactly.
+        for field in KILLED_LINE_FIELDS:
             # What the probe cannot see is null, never a guess.
             c.eq(f"oom_kill.{field}", theirs[field] if field in compared else None, mine[field])
         c.eq("oom_kill.oom_memcg", run["oom_memcg"] if btf else None, mine["oom_memcg"])
