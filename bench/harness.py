@@ -3,7 +3,7 @@ read, the kernel's own log with its clock calibrated, statistics, and a record o
 
 Clocks: BPF stamps events with bpf_ktime_get_ns() (CLOCK_MONOTONIC); a stamping process stamps
 each line with time.monotonic_ns() as it reads it from the tracer's stdout (the same clock);
-/dev/kmsg stamps records with the printk clock, converted with tracer.kmsg.printk_offset_ns()
+/dev/kmsg stamps records with the printk clock, converted with tracer.sources.kmsg.printk_offset_ns()
 measured before and after each benchmark (KERNEL_LAB.md, "Comparing kernel-log time with BPF
 time").
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracer.kmsg import KmsgReader, OomReportParser, printk_offset_ns
+from tracer.sources.kmsg import KmsgReader, OomReportParser, printk_offset_ns
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.harness import KernelLog, TracerRun, distribution, ms, say
 from bench.workload import MIB, Zygote, make_cache_file
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
 
 LIMIT = 256 * MIB
 CACHE_FILE = Path("/var/tmp/oomtrace-bench/page-cache-200MiB.bin")

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.harness import TracerRun, distribution, say
 from bench.workload import MIB
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
 
 WORKER = r"""
 import ctypes, json, sys, time

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.harness import KernelLog, TracerRun, distribution, ms, say
 from bench.workload import MIB, Child, Pool, Zygote
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
 
 LIMIT = 32 * MIB
 OOMKILL_BPFCC = "/usr/sbin/oomkill-bpfcc"
@@ -58,7 +58,7 @@ class BccOomkill:
         # block buffer, arriving late or only at exit.
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         try:
-            from tracer.headers import find_headers
+            from tracer.kernel.headers import find_headers
 
             tree = find_headers(os.uname().release)
             if tree.path is not None:

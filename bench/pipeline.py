@@ -6,7 +6,7 @@ cgroups of this machine, written into a pipe sized like the tracer's ring buffer
 The producer writes without blocking; a record that does not fit is dropped and counted, as
 the kernel counts a failed ring-buffer reservation. The consumer is `oomtrace run` itself —
 the same Daemon._run_bpf: decode, cgroup path and tags, the attribution stages `run` adds,
-stdout, metrics and the /events hub — with only tracer.loader.load replaced by a stand-in
+stdout, metrics and the /events hub — with only tracer.kernel.loader.load replaced by a stand-in
 whose poll() reads that pipe and whose lost() reports the producer's drop count, and whose
 near-OOM map holds 100 cgroups each counting 1,000 charge failures a second (100,000/s).
 
@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import REPO, ProcessUsage, distribution, ms
-from tracer import decode, probes
+from tracer import decode, schema
+from tracer.kernel import probes
 
 RECORD = ctypes.sizeof(decode.OomtraceEvent)
 RINGBUF_BYTES = 64 * 4096  # the tracer's default ring buffer: 64 pages
@@ -90,11 +91,11 @@ def produce(fd: int, stats: Path, rate: float, duration_s: float, ids: list[int]
 
 
 class ReplayTracer:
-    """Stands in for tracer.loader.Tracer: the pipe is the ring buffer, the map is simulated."""
+    """Stands in for tracer.kernel.loader.Tracer: the pipe is the ring buffer, the map is simulated."""
 
     def __init__(self, plan: probes.Plan, fd: int, stats: Path, ids: list[int], on_record: Any) -> None:
         # charge_failure counted (as on fentry/kprobe kernels), so the summaries carry it.
-        charge = replace(plan.choice(probes.CHARGE_FAILURE), tier=probes.FENTRY, target="try_charge_memcg")
+        charge = replace(plan.choice(probes.CHARGE_FAILURE), tier=schema.FENTRY, target="try_charge_memcg")
         self.plan = replace(
             plan, choices=tuple(charge if c.probe == charge.probe else c for c in plan.choices)
         )
@@ -156,8 +157,9 @@ class ReplayTracer:
 
 
 def consume(fd: int, stats: Path, ids: list[int], attribution: bool, run_args: list[str]) -> int:
-    from tracer import cli, loader
+    from tracer import cli
     from tracer.daemon import Daemon
+    from tracer.kernel import loader
 
     def load(
         plan: probes.Plan, _features: Any, _constants: Any, _headers: Any, on_record: Any, *_a: Any, **_k: Any

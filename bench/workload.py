@@ -8,7 +8,7 @@ anonymous memory in 1 MiB chunks at a given rate (optionally after reading a fil
 cache), and either gets OOM-killed or exits after holding its memory for a while.
 
 Safety, by construction: every child stops at ALLOCATION_CAP_MIB whatever it is asked for;
-cgroups come from tracer.sandbox.PodSandbox (limit written before any process moves in,
+cgroups come from tracer.cli.sandbox.PodSandbox (limit written before any process moves in,
 never inside a kubelet's tree); `Pool` refuses more than MAX_IN_FLIGHT_BYTES of limits.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
 
 MIB = 1 << 20
 ALLOCATION_CAP_MIB = 1024

@@ -1,4 +1,4 @@
-/* Reads of kernel structs at offsets taken from the running kernel's BTF (tracer/offsets.py
+/* Reads of kernel structs at offsets taken from the running kernel's BTF (tracer/kernel/offsets.py
  * passes them in as OFF_* constants). bcc compiles against whatever headers are at hand;
  * the offsets never come from those headers. Without BTF nothing here is compiled and the
  * programs use tracepoint fields and helpers only. */

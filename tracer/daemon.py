@@ -19,14 +19,15 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from tracer import probes
-from tracer.cgroups import CgroupResolver
+from tracer import schema
 from tracer.decode import DecodeError, Decoder
-from tracer.enrich import Enricher, WallClock
-from tracer.metrics import HttpServer, Metrics, start_http_server
-from tracer.near_oom import NearOomSummarizer
-from tracer.output import EventWriter, diagnostics
-from tracer.stream import DEFAULT_CLIENT_QUEUE, DEFAULT_MAX_CLIENTS, DEFAULT_REPLAY, StreamHub
+from tracer.kernel import probes
+from tracer.resolve.cgroups import CgroupResolver
+from tracer.resolve.stage import Enricher, WallClock
+from tracer.sinks.metrics import HttpServer, Metrics, start_http_server
+from tracer.sinks.stdout import EventWriter, diagnostics
+from tracer.sinks.stream import DEFAULT_CLIENT_QUEUE, DEFAULT_MAX_CLIENTS, DEFAULT_REPLAY, StreamHub
+from tracer.sources.near_oom import NearOomSummarizer
 
 # An enrichment step: takes an event, returns it with more fields (never fewer).
 Stage = Callable[[dict[str, Any]], dict[str, Any]]
@@ -159,8 +160,8 @@ class Daemon:
         return self.stop.requested or (deadline is not None and time.monotonic() >= deadline)
 
     def _run_bpf(self) -> int:
-        from tracer import loader, offsets
-        from tracer.headers import find_headers
+        from tracer.kernel import loader, offsets
+        from tracer.kernel.headers import find_headers
 
         cfg = self.config
         self._ensure_tracefs()
@@ -223,7 +224,7 @@ class Daemon:
             summarizer = NearOomSummarizer(
                 decoder,
                 tracer.plan.tier(probes.NEAR_OOM),
-                charge_failures_known=tracer.plan.tier(probes.CHARGE_FAILURE) != probes.UNAVAILABLE,
+                charge_failures_known=tracer.plan.tier(probes.CHARGE_FAILURE) != schema.UNAVAILABLE,
             )
             memcg_known = tracer.plan.btf or features.cgroup2_memory
             self.resolver.rescan()
@@ -285,7 +286,7 @@ class Daemon:
             self._lost_seen[reason] = total
 
     def _run_kmsg(self) -> int:
-        from tracer.kmsg import KmsgReader, OomReportParser, printk_offset_ns
+        from tracer.sources.kmsg import KmsgReader, OomReportParser, printk_offset_ns
 
         parser = OomReportParser()
         # /dev/kmsg stamps records with the printk clock, not CLOCK_MONOTONIC: calibrated

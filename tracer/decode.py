@@ -12,8 +12,9 @@ from tracer import schema
 
 COMM_LEN = 16
 
-KIND_NAMES = {1: schema.NEAR_OOM, 2: schema.MEMCG_OOM, 3: schema.OOM_KILL}
-TIER_NAMES = {1: "fentry", 2: "kprobe", 3: "tracepoint"}
+# The numbers bpf/oomtrace.h gives kinds and tiers, back to their names.
+KIND_NAMES = {code: kind for kind, code in schema.KIND_CODES.items()}
+TIER_NAMES = {code: tier for tier, code in schema.TIER_CODES.items()}
 
 KNOWN_TRIGGER_MEMCG = 1 << 0
 KNOWN_MEMCG = 1 << 1
@@ -28,7 +29,6 @@ KNOWN_OOM_SCORE_ADJ = 1 << 9
 KNOWN_CONSTRAINT = 1 << 10
 KNOWN_VICTIM_COMM = 1 << 11
 
-LOSS_REASONS = ("ringbuf_full", "map_full")  # enum oomtrace_loss order
 
 
 class OomtraceEvent(ctypes.Structure):
@@ -116,7 +116,7 @@ class Decoder:
             event["usage_bytes"] = raw.usage_pages * self.page_size
             event["limit_bytes"] = self.limit_bytes(raw.limit_pages)
         if kind == schema.NEAR_OOM:
-            event.update(memcg_id=memcg_id, phase="first")
+            event.update(memcg_id=memcg_id, phase=schema.FIRST)
         elif kind == schema.MEMCG_OOM:
             event.update(oom_memcg_id=memcg_id)
             if known & KNOWN_FAILCNT:

@@ -1,4 +1,7 @@
-"""The event schema shared by every source (BPF tiers and the kernel-log parser).
+"""The event schema and its vocabulary, shared by every source (BPF tiers and the kernel-log
+parser), every stage and every sink: the one home of event kinds, probe tiers, loss reasons and
+constraint names. bpf/oomtrace.h numbers the kinds, tiers and kernel loss reasons; a test checks
+that its constants equal the codes here (tests/unit/test_layout.py).
 
 An event is a plain dict with stable keys. Every key listed for a kind is always
 present; a value the source cannot know is None, never a guess.
@@ -10,9 +13,41 @@ NEAR_OOM: Final = "near_oom"
 MEMCG_OOM: Final = "memcg_oom"
 OOM_KILL: Final = "oom_kill"
 KINDS: Final = (NEAR_OOM, MEMCG_OOM, OOM_KILL)
+# enum oomtrace_kind in bpf/oomtrace.h.
+KIND_CODES: Final = {NEAR_OOM: 1, MEMCG_OOM: 2, OOM_KILL: 3}
 
-# Where an event came from: the probe tier that produced it, or the kernel log.
-TIERS: Final = ("fentry", "kprobe", "tracepoint", "kmsg")
+# Probe tiers, best first: BPF trampolines, kprobes, tracepoints. A probe the kernel allows
+# none of is UNAVAILABLE; events from the kernel log (no BPF) carry the tier KMSG.
+FENTRY: Final = "fentry"
+KPROBE: Final = "kprobe"
+TRACEPOINT: Final = "tracepoint"
+PROBE_TIERS: Final = (FENTRY, KPROBE, TRACEPOINT)
+UNAVAILABLE: Final = "unavailable"
+KMSG: Final = "kmsg"
+# What an event's `tier` field may say: the probe tier that produced it, or the kernel log.
+EVENT_TIERS: Final = (*PROBE_TIERS, KMSG)
+# OOMTRACE_TIER_* in bpf/oomtrace.h (0 there: not attached).
+TIER_CODES: Final = {FENTRY: 1, KPROBE: 2, TRACEPOINT: 3}
+
+# Why an event never reached the event stream. The kernel's own, in enum oomtrace_loss order
+# (bpf/oomtrace.h: indexes of its `lost` array), then user space's.
+KERNEL_LOSS_REASONS: Final = ("ringbuf_full", "map_full")
+DECODE_ERROR: Final = "decode_error"  # a record that does not match bpf/oomtrace.h
+KMSG_OVERWRITTEN: Final = "kmsg_overwritten"  # kernel-log records overwritten before they were read
+LOSS_REASONS: Final = (*KERNEL_LOSS_REASONS, DECODE_ERROR, KMSG_OVERWRITTEN)
+
+# The kernel's enum oom_constraint names → the `constraint` field's values.
+CONSTRAINTS: Final = {
+    "CONSTRAINT_NONE": "global",
+    "CONSTRAINT_CPUSET": "cpuset",
+    "CONSTRAINT_MEMORY_POLICY": "memory_policy",
+    "CONSTRAINT_MEMCG": "memcg",
+}
+
+# near_oom `phase`: the first failure after a quiet period, or one interval's counts.
+FIRST: Final = "first"
+SUMMARY: Final = "summary"
+NEAR_OOM_PHASES: Final = (FIRST, SUMMARY)
 
 # Tags derived from a cgroup path (tracer.tags); present on every event.
 TAG_FIELDS: Final = ("cgroup", "pod_uid", "qos", "container_id", "runtime", "unit")
@@ -80,7 +115,7 @@ FIELDS: Final[dict[str, tuple[str, ...]]] = {
         "task_memcg_id",
         "oom_memcg",  # the cgroup that hit its limit (None for a global OOM)
         "oom_memcg_id",
-        "constraint",  # "memcg", "global", "cpuset", "memory_policy" or None
+        "constraint",  # a CONSTRAINTS value ("memcg", "global", ...) or None
         *TRIGGER_FIELDS,
         "victim_role",  # as trigger_role, for the victim
     ),

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from tracer.metrics import Metrics
+from tracer.sinks.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO / "deploy/prometheus-rules.yaml"
@@ -142,7 +142,7 @@ def manifest_text(rules_text: str | None = None) -> str:
 
 
 def exported_metric_names() -> set[str]:
-    """Every metric name tracer.metrics.Metrics exports (counters with their _total)."""
+    """Every metric name tracer.sinks.metrics.Metrics exports (counters with their _total)."""
     registry = CollectorRegistry()
     Metrics(registry, kernel="test")
     names = set()

@@ -115,7 +115,7 @@ def test_the_cache_key_changes_with_the_copied_sources_but_not_with_bytecode(con
     (context / "tracer" / "__pycache__" / "cli.cpython-311.pyc").write_bytes(b"\0")
     (context / "stray-notes.txt").write_text("not in the image")
     unchanged = _key(context)
-    with (context / "tracer" / "cli.py").open("a") as f:
+    with (context / "tracer" / "cli" / "__init__.py").open("a") as f:
         f.write("\n# a change\n")
     changed = _key(context)
 

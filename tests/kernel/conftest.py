@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tracer.kmsg import KmsgReader, OomReportParser
+from tracer.sources.kmsg import KmsgReader, OomReportParser
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tracer.kmsg import KmsgReader, OomReportParser, printk_offset_ns
 from tracer.schema import blank_event
+from tracer.sources.kmsg import KmsgReader, OomReportParser, printk_offset_ns
 
 
 @pytest.mark.kernel

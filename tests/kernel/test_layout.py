@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from tracer.bpf_source import BPF_DIR
 from tracer.decode import NearOomStats, OomtraceEvent
-from tracer.headers import find_headers
+from tracer.kernel.headers import find_headers
+from tracer.kernel.source import BPF_DIR
 
 
 @pytest.fixture(scope="module")

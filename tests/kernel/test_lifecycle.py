@@ -13,7 +13,7 @@ import pytest
 
 from tests.kernel.conftest import REPO, Tracer
 from tests.kernel.test_oom_events import MIB, _oom
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
 
 CGROUP_ROOTS = [Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup/unified")]
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fake_loki import FakeLoki
 from tests.kernel.conftest import Tracer
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
 
 MIB = 1 << 20
 

@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 
 from tests.kernel.conftest import KernelLog, Tracer
-from tracer.kmsg import KILLED_LINE_FIELDS
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
+from tracer.sources.kmsg import KILLED_LINE_FIELDS
 
 MIB = 1 << 20
 # The kernel's report and our event describe the same kill: these must agree exactly.

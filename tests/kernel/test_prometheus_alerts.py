@@ -43,7 +43,7 @@ from tests.alerting.prometheus import PrometheusServer
 from tests.alerting.rules import TIME_SCALE, scaled_rules
 from tests.fake_kube import kubeconfig, pod, running
 from tests.kernel.conftest import Tracer
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
 
 MIB = 1 << 20
 LIMIT_BYTES = 64 * MIB

@@ -29,7 +29,7 @@ from tests.deploy import manifests
 from tests.fake_kube import FakeKube, pod
 from tests.kernel.conftest import KernelLog, wait_for_event
 from tests.kernel.test_oom_events import MIB, VICTIM_FIELDS
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = "node-under-test"
@@ -269,11 +269,11 @@ def test_without_each_bpf_capability_of_the_manifest_the_probes_do_not_load(
 
 
 def test_dac_read_search_is_what_names_a_new_cgroup_at_once(image: Path) -> None:
-    """open_by_handle_at() of a cgroup id, as tracer/cgroups.py does it, under the manifest's
+    """open_by_handle_at() of a cgroup id, as tracer/resolve/cgroups.py does it, under the manifest's
     seccomp profile: with the manifest's capabilities, and without DAC_READ_SEARCH."""
     lookup = (
         "import sys\n"
-        "from tracer.cgroups import path_by_handle\n"
+        "from tracer.resolve.cgroups import path_by_handle\n"
         "print(path_by_handle(sys.argv[1], int(sys.argv[2])))\n"
     )
     with PodSandbox(limit_bytes=64 * MIB) as sandbox:

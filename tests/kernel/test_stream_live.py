@@ -14,8 +14,8 @@ import pytest
 
 from tests.kernel.conftest import REPO, KernelLog, Tracer
 from tests.kernel.test_oom_events import MIB, VICTIM_FIELDS, _oom
-from tracer.sandbox import PodSandbox
-from tracer.watch import sse_messages
+from tracer.cli.sandbox import PodSandbox
+from tracer.cli.watch import sse_messages
 
 
 class SseClient:

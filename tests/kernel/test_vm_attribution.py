@@ -23,8 +23,8 @@ from typing import Any
 
 from tests.fake_kube import kubeconfig, pod, running
 from tests.kernel.conftest import KernelLog, Tracer
-from tracer import overhead
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
+from tracer.enrich import overhead
 
 MIB = 1 << 20
 LIMIT = 192 * MIB

@@ -21,7 +21,7 @@ from bench.workload import MIB, Child, Pool, Zygote
 from tests.fake_loki import FakeLoki
 from tests.kernel.conftest import Tracer
 from tests.reliability.conftest import lost
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
 
 pytestmark = pytest.mark.kernel
 

@@ -26,9 +26,9 @@ import pytest
 from bench.workload import MIB, Pool, Zygote
 from tests.fake_kube import kubeconfig, pod, running
 from tests.kernel.conftest import REPO, Tracer
-from tracer import headers
-from tracer.headers import HeadersError, find_headers
-from tracer.sandbox import PodSandbox
+from tracer.cli.sandbox import PodSandbox
+from tracer.kernel import headers
+from tracer.kernel.headers import HeadersError, find_headers
 
 LIMIT = 16 * MIB
 BPF_OBJECTS = {"prog_id": "prog", "map_id": "map", "link_id": "link", "btf_id": "btf"}

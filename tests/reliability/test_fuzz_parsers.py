@@ -1,8 +1,8 @@
 """Fuzzing every parser of outside input: no exception escapes, and garbage never yields a wrong tag.
 
-Outside input: cgroup paths (tracer/tags.py), kernel-log lines (tracer/kmsg.py), QEMU command
-lines (tracer/vm.py), Kubernetes JSON (tracer/kube.py), configuration from flags and the
-environment (tracer/cli.py), and what HTTP clients send (listen addresses, /events queries).
+Outside input: cgroup paths (tracer/resolve/tags.py), kernel-log lines (tracer/sources/kmsg.py), QEMU command
+lines (tracer/enrich/vm.py), Kubernetes JSON (tracer/enrich/kube.py), configuration from flags and the
+environment (tracer/cli/__init__.py), and what HTTP clients send (listen addresses, /events queries).
 
 "Never raises" is the floor; each parser also gets an oracle built from how the input was
 generated, so a value that comes out must be the one that went in, or nothing:
@@ -31,10 +31,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tracer import cli, kube, metrics, stream, vm
-from tracer.kmsg import OomReportParser, parse_kmsg_record
+from tracer import cli
+from tracer.enrich import kube, vm
+from tracer.http import address
+from tracer.resolve.tags import tags_for_path
 from tracer.schema import OOM_KILL
-from tracer.tags import tags_for_path
+from tracer.sinks import stream
+from tracer.sources.kmsg import OomReportParser, parse_kmsg_record
 
 # CI runs the same 300 examples every time (derandomized: a red build is about the change, not
 # about luck); OOMTRACE_FUZZ_EXAMPLES=5000 hunts longer, with fresh random examples.
@@ -508,7 +511,7 @@ def test_any_oomtrace_environment_is_accepted_or_refused_in_one_line_never_a_tra
 @given(st.text(max_size=60))
 def test_any_listen_address_parses_or_is_a_value_error(text: str) -> None:
     try:
-        host, port = metrics.parse_address(text)
+        host, port = address.parse_address(text)
     except ValueError:
         return
     assert 0 <= port <= 65535 and not any(c.isspace() for c in host)

@@ -30,10 +30,10 @@ from prometheus_client import CollectorRegistry
 from tests.fake_loki import FakeLoki
 from tests.kernel.conftest import Tracer
 from tracer import schema
-from tracer.metrics import MAX_REQUEST_HEAD_BYTES, start_http_server
-from tracer.sandbox import PodSandbox
-from tracer.stream import StreamHub
-from tracer.vm import QemuInfo
+from tracer.cli.sandbox import PodSandbox
+from tracer.enrich.vm import QemuInfo
+from tracer.sinks.metrics import MAX_REQUEST_HEAD_BYTES, start_http_server
+from tracer.sinks.stream import StreamHub
 
 MIB = 1 << 20
 MARKER = f"oomtrace-secret-{secrets.token_hex(6)}"

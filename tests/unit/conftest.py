@@ -2,7 +2,7 @@
 
 `BtfBuilder` writes the header, type section and string section by hand, so tests never
 depend on the running kernel's /sys/kernel/btf/vmlinux. `kernel_btf()` builds a small
-"kernel" holding every struct, member and enum tracer/offsets.py reads, at the offsets in
+"kernel" holding every struct, member and enum tracer/kernel/offsets.py reads, at the offsets in
 KERNEL_OFFSETS; parts can be left out to test the error paths.
 """
 
@@ -11,8 +11,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tracer import btf as B
-from tracer.probes import KernelFeatures
+from tracer.kernel import btf as B
+from tracer.kernel.probes import KernelFeatures
 
 BTF_INT_SIGNED = 1
 

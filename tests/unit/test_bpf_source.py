@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 
 from tests.unit.conftest import FUNCTIONS, TRACEPOINTS, full_kernel_features, kernel_btf
-from tracer import bpf_source, probes
-from tracer.btf import Btf
-from tracer.offsets import kernel_constants
-from tracer.probes import PROBES, KernelFeatures, Plan, plan
+from tracer import schema
+from tracer.kernel import probes
+from tracer.kernel import source as bpf_source
+from tracer.kernel.btf import Btf
+from tracer.kernel.offsets import kernel_constants
+from tracer.kernel.probes import PROBES, KernelFeatures, Plan, plan
 
 RSS_FIELDS = frozenset({"pid", "comm", "total_vm", "anon_rss", "file_rss", "shmem_rss", "uid", "pgtables"})
 CONSTANTS = kernel_constants(Btf(kernel_btf()))
@@ -98,9 +100,9 @@ def test_tier_values_match_the_oomtrace_tier_macros_in_the_header() -> None:
     header = (bpf_source.BPF_DIR / "oomtrace.h").read_text()
     declared = dict(re.findall(r"#define OOMTRACE_TIER_(\w+) (\d+)", header))
     assert {k.lower(): int(v) for k, v in declared.items()} == {"fentry": 1, "kprobe": 2, "tracepoint": 3}
-    assert bpf_source._TIER_VALUES[probes.FENTRY] == 1
-    assert bpf_source._TIER_VALUES[probes.KPROBE] == 2
-    assert bpf_source._TIER_VALUES[probes.TRACEPOINT] == 3
+    assert bpf_source._TIER_VALUES[schema.FENTRY] == 1
+    assert bpf_source._TIER_VALUES[schema.KPROBE] == 2
+    assert bpf_source._TIER_VALUES[schema.TRACEPOINT] == 3
 
 
 @pytest.mark.parametrize(
@@ -197,7 +199,7 @@ def test_charge_function_placeholder_becomes_the_plans_target(
 
 def test_charge_function_placeholder_is_replaced_even_when_the_probe_is_unavailable() -> None:
     p, _, text = build(features(**TRACEPOINTS_ONLY))
-    assert p.tier(probes.CHARGE_FAILURE) == probes.UNAVAILABLE
+    assert p.tier(probes.CHARGE_FAILURE) == schema.UNAVAILABLE
     assert "__CHARGE_FN__" not in text
 
 
@@ -394,7 +396,7 @@ def test_the_check_rejects_struct_reading_probes_without_btf() -> None:
     f = features(**NO_BTF)
     good = plan(f)
     bad = dataclasses.replace(
-        good, choices=tuple(dataclasses.replace(c, tier=probes.KPROBE, target="x") for c in good.choices)
+        good, choices=tuple(dataclasses.replace(c, tier=schema.KPROBE, target="x") for c in good.choices)
     )
     found = problems(build(f, bad)[2])
     assert "helper memcg_id() called but compiled out" in found
@@ -403,8 +405,8 @@ def test_the_check_rejects_struct_reading_probes_without_btf() -> None:
 
 def test_the_plan_matrix_covers_every_tier_of_every_probe() -> None:
     seen = {(c.probe, c.tier) for param in MATRIX for c in param.values[1].choices}
-    expected = {(p, t) for p in PROBES for t in (probes.FENTRY, probes.KPROBE, probes.UNAVAILABLE)}
-    expected |= {(probes.OOM_KILL, probes.TRACEPOINT), (probes.NEAR_OOM, probes.TRACEPOINT)}
+    expected = {(p, t) for p in PROBES for t in (schema.FENTRY, schema.KPROBE, schema.UNAVAILABLE)}
+    expected |= {(probes.OOM_KILL, schema.TRACEPOINT), (probes.NEAR_OOM, schema.TRACEPOINT)}
     assert expected <= seen
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.conftest import BtfBuilder, kernel_btf
-from tracer import btf as B
-from tracer.btf import Btf, BtfError
+from tracer.kernel import btf as B
+from tracer.kernel.btf import Btf, BtfError
 
 
 def sample() -> Btf:

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer import cgroups
-from tracer.cgroups import CgroupResolver, path_of_pid, walk
+from tracer.resolve import cgroups
+from tracer.resolve.cgroups import CgroupResolver, path_of_pid, walk
 
 POD = "/kubepods/burstable/pod0b9e5a1c-3f2d-4e8a-9c71-2d5f6a7b8c9d"
 CONTAINER = f"{POD}/{'a' * 64}"

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tracer import __version__, bpf_source, headers, probes
-from tracer.btf import Btf
-from tracer.cli import EXIT_USAGE, main
+from tracer import __version__, schema
+from tracer.cli import main
+from tracer.errors import EXIT_USAGE
+from tracer.kernel import headers, probes
+from tracer.kernel import source as bpf_source
+from tracer.kernel.btf import Btf
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -229,9 +232,9 @@ def test_probes_json_says_why_each_probe_did_not_get_a_better_tier(
     listed = report["probes"]
     assert isinstance(listed, list)
     for p in listed:
-        assert p["tier"] in (*probes.TIER_ORDER, probes.UNAVAILABLE)
-        assert (p["why_not_better"] is None) == (p["tier"] == probes.FENTRY)
-        assert (p["target"] is None) == (p["tier"] == probes.UNAVAILABLE)
+        assert p["tier"] in (*schema.PROBE_TIERS, schema.UNAVAILABLE)
+        assert (p["why_not_better"] is None) == (p["tier"] == schema.FENTRY)
+        assert (p["target"] is None) == (p["tier"] == schema.UNAVAILABLE)
     assert set(report) == {"kernel", "btf", "btf_error", "headers", "probes", "notes"}
     assert report["headers"] == "none: none in unit tests"
     assert report["kernel"] == os.uname().release

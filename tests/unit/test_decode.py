@@ -4,8 +4,9 @@ from typing import Any
 
 import pytest
 
-from tracer import bpf_source, decode, schema
+from tracer import decode, schema
 from tracer.decode import DecodeError, Decoder, NearOomStats, OomtraceEvent
+from tracer.kernel import source as bpf_source
 
 PAGE = 4096
 PAGE_COUNTER_MAX = (2**63 - 1) // PAGE  # LONG_MAX / PAGE_SIZE
@@ -370,7 +371,7 @@ def test_kind_numbers_match_the_header_enum() -> None:
 def test_loss_reasons_follow_the_header_enum_order() -> None:
     losses = re.findall(r"LOSS_(\w+) = (\d+)", HEADER)
     named = [n.lower() for n, v in sorted(losses, key=lambda x: int(x[1])) if n != "MAX"]
-    assert tuple(named) == decode.LOSS_REASONS
+    assert tuple(named) == schema.KERNEL_LOSS_REASONS
 
 
 def test_comm_length_matches_the_header() -> None:

@@ -16,11 +16,11 @@ from bench import harness, report
 from tracer.cli import _run_config, build_parser
 from tracer.daemon import Daemon
 from tracer.decode import NearOomStats
-from tracer.near_oom import NearOomSummarizer
+from tracer.sources.near_oom import NearOomSummarizer
 
 
 class _RecordingTracer:
-    """Stands in for tracer.loader.Tracer: near_oom stats for many cgroups, and a log of when
+    """Stands in for tracer.kernel.loader.Tracer: near_oom stats for many cgroups, and a log of when
     the daemon drained the ring buffer relative to what it published."""
 
     def __init__(self, log: list[str], cgroups: int) -> None:
@@ -223,10 +223,10 @@ def test_storm_rows_are_rendered_by_nice_value_in_the_section_and_the_summary() 
 
 
 def test_the_pipeline_benchmarks_replay_tracer_offers_all_the_daemon_calls() -> None:
-    # It stands in for tracer.loader.Tracer in bench/pipeline.py; a method missing there
+    # It stands in for tracer.kernel.loader.Tracer in bench/pipeline.py; a method missing there
     # (consume() once) stops the benchmark's tracer on its first interval.
     from bench.pipeline import ReplayTracer
-    from tracer.loader import Tracer
+    from tracer.kernel.loader import Tracer
 
     called = {name for name in vars(Tracer) if not name.startswith("_")}
     assert called <= set(dir(ReplayTracer)), called - set(dir(ReplayTracer))

@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 
 from tracer import schema
-from tracer.enrich import Enricher, WallClock
-from tracer.tags import tags_for_path
+from tracer.resolve.stage import Enricher, WallClock
+from tracer.resolve.tags import tags_for_path
 
 UID = "968a06fb-9ab9-4819-8caf-0392ddff3d9b"
 CID = "0f32894de86edf3d3832702af794874ef8d400b4969acdea4976b12040756e0d"

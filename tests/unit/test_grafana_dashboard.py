@@ -15,7 +15,7 @@ import pytest
 
 from tests.alerting import dashboard as D
 from tests.alerting.rules import DEPENDENCIES, exported_metric_names
-from tracer.loki import LABEL_NAMES
+from tracer.sinks.loki import LABEL_NAMES
 
 DASHBOARD = D.load()
 QUERIES = D.queries(DASHBOARD)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.headers import HeadersError, HeaderTree, find_headers
+from tracer.kernel.headers import HeadersError, HeaderTree, find_headers
 
 RELEASE = "6.18.0-test"
 

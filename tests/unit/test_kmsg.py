@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracer.kmsg import KILLED_LINE_FIELDS, KmsgReader, OomReportParser, parse_kmsg_record
 from tracer.schema import MEMCG_OOM, OOM_KILL, blank_event
+from tracer.sources.kmsg import KILLED_LINE_FIELDS, KmsgReader, OomReportParser, parse_kmsg_record
 
 KIB = 1024
 KTIME0 = 5_000_000_000

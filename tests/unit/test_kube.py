@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from tests.fake_kube import FakeKube, kubeconfig, pod, running
 from tests.fake_node import KUBEVIRT_CMDLINE, FakeNode, argv
-from tracer import cli, kube, schema
+from tracer import cli, schema
 from tracer.daemon import Daemon, RunConfig
-from tracer.kube import (
+from tracer.enrich import kube
+from tracer.enrich.kube import (
     Allowlist,
     ApiServerSource,
     KubeError,
@@ -33,7 +34,7 @@ from tracer.kube import (
     parse_pod,
     parse_pod_list,
 )
-from tracer.output import EventWriter
+from tracer.sinks.stdout import EventWriter
 
 ALLOW = Allowlist(kube.DEFAULT_ALLOWLIST)
 NODE = "node-1"

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.fake_loki import FakeLoki, snappy_decompress
 from tracer import cli, schema
-from tracer.loki import (
+from tracer.sinks.loki import (
     ENTRY_OVERHEAD_BYTES,
     LABEL_NAMES,
     LokiConfig,
@@ -35,7 +35,7 @@ from tracer.loki import (
     retry_after_s,
     stream_labels,
 )
-from tracer.metrics import LABELS as ENRICHMENT_FIELDS
+from tracer.sinks.metrics import LABELS as ENRICHMENT_FIELDS
 
 # An exception in the sink's sender thread would kill it: fail the test, do not just warn.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -430,7 +430,7 @@ def test_while_loki_is_down_memory_stays_bounded_the_oldest_are_dropped_and_the_
         start = time.perf_counter()
         sink.write(event)
         latencies.append(time.perf_counter() - start)
-    # The second half under tracemalloc: what is still allocated from inside tracer/loki.py
+    # The second half under tracemalloc: what is still allocated from inside tracer/sinks/loki.py
     # afterwards is what the buffer really holds, Python objects and all.
     tracemalloc.start(6)
     try:
@@ -440,9 +440,9 @@ def test_while_loki_is_down_memory_stays_bounded_the_oldest_are_dropped_and_the_
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
-    import tracer.loki
+    import tracer.sinks.loki
 
-    only_sink = [tracemalloc.Filter(True, tracer.loki.__file__, all_frames=True)]
+    only_sink = [tracemalloc.Filter(True, tracer.sinks.loki.__file__, all_frames=True)]
     held = sum(stat.size_diff for stat in after.filter_traces(only_sink).compare_to(
         before.filter_traces(only_sink), "filename"))  # fmt: skip
 
@@ -643,7 +643,7 @@ def test_malformed_loki_flag_values_are_rejected_by_the_parser(
 
 
 def test_loki_settings_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tracer import loki
+    from tracer.sinks import loki
 
     monkeypatch.setenv("OOMTRACE_LOKI_URL", "http://loki:3100")
     monkeypatch.setenv("OOMTRACE_LOKI_PASSWORD", "from-a-secret")
@@ -858,7 +858,7 @@ def test_the_cri_line_the_shippers_read_holds_the_event_json_unchanged() -> None
     """What all three pipelines assume: after the CRI prefix, the line is one event object."""
     from io import StringIO
 
-    from tracer.output import EventWriter
+    from tracer.sinks.stdout import EventWriter
 
     out = StringIO()
     EventWriter(out).write(make_event(1))

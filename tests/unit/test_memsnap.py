@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from tests.fake_node import FakeNode
-from tracer import memsnap, schema
-from tracer.memsnap import SnapshotStage, limited_ancestor, read_stat, snapshot
+from tracer import schema
+from tracer.enrich import memsnap
+from tracer.enrich.memsnap import SnapshotStage, limited_ancestor, read_stat, snapshot
 
 MIB = 1 << 20
 UID = "968a06fb-9ab9-4819-8caf-0392ddff3d9b"

@@ -8,15 +8,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tracer import __version__
-from tracer.metrics import (
+from tracer.http.address import parse_address
+from tracer.schema import MEMCG_OOM, NEAR_OOM, OOM_KILL, blank_event
+from tracer.sinks.metrics import (
     LABELS,
     MAX_REQUEST_HEAD_BYTES,
     HttpServer,
     Metrics,
-    parse_address,
     start_http_server,
 )
-from tracer.schema import MEMCG_OOM, NEAR_OOM, OOM_KILL, blank_event
 
 POD = {"namespace": "shop", "pod": "cart-7d9f", "container": "app", "vm": ""}
 NO_POD = dict.fromkeys(LABELS, "")

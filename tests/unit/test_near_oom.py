@@ -4,7 +4,7 @@ import pytest
 
 from tracer import schema
 from tracer.decode import Decoder, NearOomStats
-from tracer.near_oom import NearOomSummarizer
+from tracer.sources.near_oom import NearOomSummarizer
 
 PAGE = 4096
 SECOND = 1_000_000_000

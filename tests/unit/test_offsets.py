@@ -1,8 +1,9 @@
 import pytest
 
 from tests.unit.conftest import KERNEL_ENUMS, KERNEL_OFFSETS, BtfBuilder, kernel_btf
-from tracer.btf import Btf, BtfError
-from tracer.offsets import CONSTRAINT_NAMES, constraint_names, kernel_constants
+from tracer.kernel.btf import Btf, BtfError
+from tracer.kernel.offsets import constraint_names, kernel_constants
+from tracer.schema import CONSTRAINTS
 
 
 @pytest.mark.parametrize("layout", ["percpu_counter", "mm_rss_stat"])
@@ -97,5 +98,5 @@ def test_constraint_names_without_btf_are_empty() -> None:
 
 
 def test_every_schema_constraint_name_is_a_kernel_enum_value_name() -> None:
-    assert set(CONSTRAINT_NAMES.values()) == {"global", "cpuset", "memory_policy", "memcg"}
-    assert all(name.startswith("CONSTRAINT_") for name in CONSTRAINT_NAMES)
+    assert set(CONSTRAINTS.values()) == {"global", "cpuset", "memory_policy", "memcg"}
+    assert all(name.startswith("CONSTRAINT_") for name in CONSTRAINTS)

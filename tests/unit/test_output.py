@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from tracer import schema
-from tracer.output import EventWriter, diagnostics
+from tracer.sinks.stdout import EventWriter, diagnostics
 
 RFC3339_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from tests.fake_node import FakeNode
-from tracer import overhead, schema
-from tracer.overhead import MIB, OverheadStage, kubevirt_overhead, page_floor, parse_version, recommend
-from tracer.vm import QemuInfo
+from tracer import schema
+from tracer.enrich import overhead
+from tracer.enrich.overhead import MIB, OverheadStage, kubevirt_overhead, page_floor, parse_version, recommend
+from tracer.enrich.vm import QemuInfo
 
 GIB = 1 << 30
 UID = "968a06fb-9ab9-4819-8caf-0392ddff3d9b"

@@ -15,23 +15,20 @@ from tests.unit.conftest import (
     full_kernel_features,
     kernel_btf,
 )
-from tracer import fentry_check, probes
-from tracer.probes import (
+from tracer.kernel import fentry_check, probes
+from tracer.kernel.probes import (
     CHARGE_FAILURE,
-    FENTRY,
-    KPROBE,
     MEMCG_OOM,
     NEAR_OOM,
     OOM_CONTEXT,
     OOM_KILL,
     PROBES,
-    TRACEPOINT,
-    UNAVAILABLE,
     KernelFeatures,
     detect,
     plan,
     read_symbols,
 )
+from tracer.schema import FENTRY, KPROBE, TRACEPOINT, UNAVAILABLE
 
 
 def features(**overrides: Any) -> KernelFeatures:
@@ -356,7 +353,7 @@ def make_tree(
 
 
 class FentryLoads:
-    """Stands in for tracer.fentry_check.try_load_fentry: unit tests never call bpf()."""
+    """Stands in for tracer.kernel.fentry_check.try_load_fentry: unit tests never call bpf()."""
 
     def __init__(self) -> None:
         self.answer: str | None = "stub: no load in unit tests"

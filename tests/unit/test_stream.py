@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tracer import metrics as metrics_module
-from tracer import stream as stream_module
-from tracer.metrics import HttpServer, start_http_server
 from tracer.schema import KINDS, MEMCG_OOM, NEAR_OOM, OOM_KILL, blank_event
-from tracer.stream import (
+from tracer.sinks import metrics as metrics_module
+from tracer.sinks import stream as stream_module
+from tracer.sinks.metrics import HttpServer, start_http_server
+from tracer.sinks.stream import (
     Entry,
     EventFilter,
     QueryError,

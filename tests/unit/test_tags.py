@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tracer.resolve.tags import tags_for_path
 from tracer.schema import TAG_FIELDS
-from tracer.tags import tags_for_path
 
 # From the seed's first kernel log (a Harvester VM's virt-launcher pod).
 SEED_UID = "968a06fb-9ab9-4819-8caf-0392ddff3d9b"

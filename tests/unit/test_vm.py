@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fake_node import KUBEVIRT_CMDLINE, FakeNode, argv
-from tracer import schema, vm
-from tracer.vm import PodHint, QemuInfo, VmLocator, VmStage, parse_qemu_cmdline, role_of
+from tracer import schema
+from tracer.enrich import vm
+from tracer.enrich.vm import PodHint, QemuInfo, VmLocator, VmStage, parse_qemu_cmdline, role_of
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -21,11 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.unit.test_stream import FIRST, REPO, event, wait_until
-from tracer import stream as stream_module
-from tracer.metrics import HttpServer, start_http_server
-from tracer.schema import MEMCG_OOM, NEAR_OOM, OOM_KILL
-from tracer.stream import StreamHub
-from tracer.watch import (
+from tracer.cli.watch import (
     Backoff,
     Endpoint,
     Message,
@@ -40,6 +36,10 @@ from tracer.watch import (
     watch,
     who,
 )
+from tracer.schema import MEMCG_OOM, NEAR_OOM, OOM_KILL
+from tracer.sinks import stream as stream_module
+from tracer.sinks.metrics import HttpServer, start_http_server
+from tracer.sinks.stream import StreamHub
 
 MIB = 1 << 20
 

@@ -9,7 +9,7 @@ watch the same real OOMs, so one OOM checks every variant against the same kerne
            host's foreign header tree; struct offsets from the VM kernel's BTF
   no-btf   foreign headers and --no-btf: tracepoint fields and helpers only
 
-Every OOM is compared with the kernel's own report from /dev/kmsg (tracer/kmsg.py). Results
+Every OOM is compared with the kernel's own report from /dev/kmsg (tracer/sources/kmsg.py). Results
 are written as JSON to the results directory (shared read-write with the host) after every
 scenario, so a crash or timeout still leaves what was learnt.
 
@@ -33,8 +33,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tracer.kmsg import KILLED_LINE_FIELDS, KmsgReader, OomReportParser, printk_offset_ns  # noqa: E402
-from tracer.sandbox import PodSandbox  # noqa: E402
+from tracer.cli.sandbox import PodSandbox  # noqa: E402
+from tracer.sources.kmsg import KILLED_LINE_FIELDS, KmsgReader, OomReportParser, printk_offset_ns  # noqa: E402
 
 MIB = 1 << 20
 CGROUP = Path("/sys/fs/cgroup")

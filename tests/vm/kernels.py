@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script too (make kernels)
 
-from tracer.headers import merge_tree  # noqa: E402  (after the path)
+from tracer.kernel.headers import merge_tree  # noqa: E402  (after the path)
 
 # Outside the repository by default, so fresh clones (CI) reuse the downloads; never under
 # /var/tmp, /var/cache, /var/log, /var/lib/apt or /usr/lib/modules (hidden in the VM).
@@ -223,7 +223,7 @@ def fetch(series: str, refresh: bool = False) -> Kernel:
     )
     # Debian links build -> /usr/src/...-amd64 and source -> ...-common on the *host*: point
     # build at the merged tree instead (one directory holding both halves, as bcc and
-    # tracer/headers.py expect), absolute so the VM resolves it through the shared root.
+    # tracer/kernel/headers.py expect), absolute so the VM resolves it through the shared root.
     for link in ("build", "source"):
         target = moddir / link
         if target.is_symlink() or target.exists():

@@ -84,10 +84,10 @@ def ensure_tools() -> Path:
 
 
 def foreign_headers() -> tuple[Path, Path, Path]:
-    """This host's Debian header tree, merged by oomtrace's own tracer/headers.py into the
+    """This host's Debian header tree, merged by oomtrace's own tracer/kernel/headers.py into the
     cache directory the VM's `--headers-cache` points at: the 'no own headers' tree.
     Returns (cache dir, merged tree, the tree as a tar for staging in the VM)."""
-    from tracer.headers import find_headers
+    from tracer.kernel.headers import find_headers
 
     cache = kernels.CACHE / "foreign-headers"
     tree = find_headers("none", modules_root=Path("/nonexistent"), cache_dir=cache, env={})

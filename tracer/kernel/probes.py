@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tracer.btf import Btf
+from tracer.schema import FENTRY, KPROBE, PROBE_TIERS, TRACEPOINT, UNAVAILABLE
 
-FENTRY, KPROBE, TRACEPOINT, UNAVAILABLE = "fentry", "kprobe", "tracepoint", "unavailable"
-TIER_ORDER = (FENTRY, KPROBE, TRACEPOINT)
+if TYPE_CHECKING:
+    from tracer.kernel.btf import Btf
+
 
 # Probes and what each hooks, per tier. Function names are checked in /proc/kallsyms.
 MEMCG_OOM, OOM_CONTEXT, OOM_KILL, NEAR_OOM, CHARGE_FAILURE = (
@@ -82,7 +82,7 @@ class Plan:
     def downgrade(self, probe: str, reason: str, features: "KernelFeatures") -> "Plan":
         """The same plan with `probe` moved below its current tier (after a refused load)."""
         current = self.choice(probe)
-        below = TIER_ORDER[TIER_ORDER.index(current.tier) + 1 :] if current.tier in TIER_ORDER else ()
+        below = PROBE_TIERS[PROBE_TIERS.index(current.tier) + 1 :] if current.tier in PROBE_TIERS else ()
         refused = "; ".join(r for r in (current.reason, f"{current.tier}: {reason}") if r)
         choice = _choose(probe, features, self.btf, allowed=below, first_reason=refused)
         return replace(self, choices=tuple(choice if c.probe == probe else c for c in self.choices))
@@ -121,8 +121,8 @@ def _tracefs(sys_root: Path) -> Path | None:
 
 def _fentry_refusal(btf: "Btf") -> str | None:
     """Why fentry cannot be used, from a load test of a no-op program (never attached)."""
-    from tracer.btf import FUNC
-    from tracer.fentry_check import try_load_fentry
+    from tracer.kernel.btf import FUNC
+    from tracer.kernel.fentry_check import try_load_fentry
 
     func_id = btf.find(FUNC, "mem_cgroup_out_of_memory")
     if func_id is None:
@@ -139,7 +139,7 @@ def detect(
     release: str | None = None,
     use_btf: bool = True,
 ) -> KernelFeatures:
-    from tracer.btf import Btf, BtfError  # parsing takes ~1 s: only when detecting
+    from tracer.kernel.btf import Btf, BtfError  # parsing takes ~1 s: only when detecting
 
     btf_path = btf_path or sys_root / "kernel/btf/vmlinux"
     btf_ok, btf_error, raw_task, fentry_refusal = False, None, False, None
@@ -151,7 +151,7 @@ def detect(
     else:
         try:
             btf = Btf.from_file(btf_path)
-            from tracer.offsets import kernel_constants
+            from tracer.kernel.offsets import kernel_constants
 
             kernel_constants(btf)
             btf_ok = True
@@ -213,7 +213,7 @@ def detect(
 
 
 def _choose(
-    probe: str, f: KernelFeatures, btf: bool, allowed: tuple[str, ...] = TIER_ORDER, first_reason: str = ""
+    probe: str, f: KernelFeatures, btf: bool, allowed: tuple[str, ...] = PROBE_TIERS, first_reason: str = ""
 ) -> ProbeChoice:
     reasons = [first_reason] if first_reason else []
     functions = [fn for fn in _FUNCTIONS.get(probe, ()) if fn in f.symbols]

@@ -1,30 +1,32 @@
 """Assembles the BPF C source bcc compiles, for a plan: pure text work, no bcc, no root.
 
 The programs in bpf/ select their probe bodies with *_TIER macros; kernel struct
-offsets arrive as OFF_* constants from BTF (tracer/offsets.py).
+offsets arrive as OFF_* constants from BTF (tracer/kernel/offsets.py).
 """
 
 import os
 import resource
 from pathlib import Path
 
-from tracer import probes
-from tracer.probes import KernelFeatures, Plan
+from tracer import schema
+from tracer.kernel import probes
+from tracer.kernel.probes import KernelFeatures, Plan
 
 
 def _bpf_dir() -> Path:
     """bpf/ of a source checkout, else the copy an installed package ships as tracer/bpf."""
     if os.environ.get("OOMTRACE_BPF_DIR"):
         return Path(os.environ["OOMTRACE_BPF_DIR"])
-    checkout = Path(__file__).resolve().parent.parent / "bpf"
-    return checkout if (checkout / "oomtrace.h").exists() else Path(__file__).resolve().parent / "bpf"
+    package = Path(__file__).resolve().parent.parent  # tracer/
+    checkout = package.parent / "bpf"
+    return checkout if (checkout / "oomtrace.h").exists() else package / "bpf"
 
 
 BPF_DIR = _bpf_dir()
 # Order matters: each file uses what the ones before it define.
 SOURCES = ("oomtrace.h", "kernel_read.h", "near_oom.bpf.c", "memcg_oom.bpf.c", "oom_kill.bpf.c")
 
-_TIER_VALUES = {probes.FENTRY: 1, probes.KPROBE: 2, probes.TRACEPOINT: 3, probes.UNAVAILABLE: 0}
+_TIER_VALUES = {schema.FENTRY: 1, schema.KPROBE: 2, schema.TRACEPOINT: 3, schema.UNAVAILABLE: 0}
 _TIER_MACROS = {
     probes.MEMCG_OOM: "MEMCG_OOM_TIER",
     probes.OOM_CONTEXT: "OOM_CONTEXT_TIER",

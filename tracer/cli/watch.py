@@ -25,9 +25,11 @@ from datetime import datetime
 from typing import Any, Final, TextIO
 from urllib.parse import urlencode, urlsplit
 
-from tracer.schema import KINDS, MEMCG_OOM, NEAR_OOM, OOM_KILL
+from tracer import errors
+from tracer.http.address import DEFAULT_PORT
+from tracer.schema import KINDS, MEMCG_OOM, NEAR_OOM, OOM_KILL, SUMMARY
+from tracer.timefmt import parse_rfc3339
 
-DEFAULT_PORT: Final = 9700
 DEFAULT_ADDRESS: Final = f"127.0.0.1:{DEFAULT_PORT}"
 CONNECT_TIMEOUT_S: Final = 5.0
 # Without a heartbeat header from the server: how long a silent connection is trusted.
@@ -35,7 +37,6 @@ IDLE_TIMEOUT_S: Final = 60.0
 # A line longer than this is not from an oomtrace (an event is about 1.5 KB).
 MAX_LINE_BYTES: Final = 1 << 20
 
-EXIT_USAGE: Final = 2
 
 
 class WatchError(Exception):
@@ -199,7 +200,7 @@ def _clock(ts: object) -> str:
     """The event's time of day in the local zone, to the millisecond."""
     if isinstance(ts, str):
         with contextlib.suppress(ValueError):
-            moment = datetime.fromisoformat(ts).astimezone()
+            moment = datetime.fromtimestamp(parse_rfc3339(ts))
             return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
     return "--:--:--.---"
 
@@ -259,7 +260,7 @@ def details(event: Mapping[str, Any]) -> str:
                 parts.append(f"{field}={event[field]}")
         trigger = _task(event, "trigger")
         parts.append(f"trigger={trigger}" if trigger else None)
-    elif kind == NEAR_OOM and event.get("phase") == "summary":
+    elif kind == NEAR_OOM and event.get("phase") == SUMMARY:
         interval = event.get("interval_s")
         parts.append(f"{interval:g}s:" if isinstance(interval, int | float) else "summary:")
         if event.get("reclaim_calls") is not None:
@@ -581,8 +582,8 @@ def watch(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
         )
         return watcher.run()
     except WatchError as error:
-        err.write(f"oomtrace: error: {error}\n")
-        return EXIT_USAGE
+        errors.report(str(error), err)
+        return errors.EXIT_USAGE
     except OutputClosed:
         # Piped into `head` and so on: the reader has gone, which is not an error. Point stdout at
         # /dev/null so the interpreter's final flush does not complain either.

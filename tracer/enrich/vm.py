@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from tracer.cgroups import path_of_pid
-from tracer.tags import tags_for_path
+from tracer.resolve.cgroups import path_of_pid
+from tracer.resolve.tags import tags_for_path
 
 # Roles of the tasks in a virt-launcher pod, as `trigger_role` / `victim_role` say them.
 QEMU: Final = "qemu"

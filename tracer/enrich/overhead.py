@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from tracer import memsnap
-from tracer.vm import QEMU, QemuInfo
+from tracer.enrich import memsnap
+from tracer.enrich.vm import QEMU, QemuInfo
 
 MIB: Final = 1 << 20
 PAGE: Final = 4096

@@ -13,8 +13,8 @@ import threading
 import time
 from typing import Any
 
+from tracer.cli.sandbox import PodSandbox
 from tracer.daemon import RunConfig
-from tracer.sandbox import PodSandbox
 
 
 def _child_args(config: RunConfig) -> list[str]:

@@ -11,10 +11,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from tracer import bpf_source, probes
-from tracer.decode import LOSS_REASONS, NearOomStats
-from tracer.headers import HeaderTree
-from tracer.probes import KernelFeatures, Plan
+from tracer import schema
+from tracer.decode import NearOomStats
+from tracer.kernel import probes
+from tracer.kernel import source as bpf_source
+from tracer.kernel.headers import HeaderTree
+from tracer.kernel.probes import KernelFeatures, Plan
+from tracer.schema import KERNEL_LOSS_REASONS
 
 
 class LoadError(Exception):
@@ -36,7 +39,7 @@ def _probe_of_failure(message: str, plan: Plan) -> str | None:
     match = re.search(r"k(?:ret)?func__vmlinux__(\w+)", message)
     if match:
         for choice in plan.choices:
-            if choice.tier == probes.FENTRY and choice.target == match.group(1):
+            if choice.tier == schema.FENTRY and choice.target == match.group(1):
                 return choice.probe
     for probe, (entry, ret) in _KPROBE_PROGRAMS.items():
         if entry in message or (ret and ret in message):
@@ -82,7 +85,7 @@ class Tracer:
 
     def lost(self) -> dict[str, int]:
         table = self._bpf["lost"]
-        return {reason: int(sum(table[table.Key(i)])) for i, reason in enumerate(LOSS_REASONS)}
+        return {reason: int(sum(table[table.Key(i)])) for i, reason in enumerate(KERNEL_LOSS_REASONS)}
 
     def close(self) -> None:
         self._bpf.cleanup()
@@ -111,7 +114,7 @@ def load(
             # -w: headers of another kernel warn about things these programs never use.
             bpf = BPF(text=text, cflags=["-w"])
             for choice in plan.choices:
-                if choice.tier == probes.KPROBE:
+                if choice.tier == schema.KPROBE:
                     entry, ret = _KPROBE_PROGRAMS[choice.probe]
                     bpf.attach_kprobe(event=choice.target, fn_name=entry)
                     if ret:

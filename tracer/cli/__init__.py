@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tracer import __version__, flagtypes
-
-EXIT_USAGE = 2
+from tracer import __version__, errors
+from tracer.cli import flagtypes
+from tracer.http.address import DEFAULT_LISTEN
 
 
 class UsageError(Exception):
@@ -19,11 +19,11 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"oomtrace: error: {message}\n")
-        sys.exit(EXIT_USAGE)
+        errors.report(message)
+        sys.exit(errors.EXIT_USAGE)
 
 
-# Shared with the other modules that add flags (tracer/loki.py).
+# Shared with the other modules that add flags (tracer/sinks/loki.py).
 _env = flagtypes.env
 _positive_float = flagtypes.positive_seconds
 _int_at_least = flagtypes.count_at_least
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracing_flags(run)
     run.add_argument(
         "--metrics-address",
-        default=_env("METRICS_ADDRESS", ":9700"),
+        default=_env("METRICS_ADDRESS", DEFAULT_LISTEN),
         help="host:port for /metrics, /healthz and /events; 'none' to disable "
         "(env OOMTRACE_METRICS_ADDRESS; default %(default)s)",
     )
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dropped and counted, never waited for (default %(default)s)",
     )
 
-    from tracer.loki import add_arguments as add_loki_arguments
+    from tracer.sinks.loki import add_arguments as add_loki_arguments
 
     add_loki_arguments(run)
 
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--limit-mib", type=int, default=64, help="memory limit of the demo cgroup (default %(default)s)"
     )
-    from tracer.watch import add_arguments as add_watch_arguments
+    from tracer.cli.watch import add_arguments as add_watch_arguments
 
     add_watch_arguments(
         commands.add_parser(
@@ -197,7 +197,7 @@ def _add_tracing_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_attribution_flags(parser: argparse.ArgumentParser) -> None:
     """Kubernetes names, VM attribution and overhead advice (tracer.kube, tracer.vm, tracer.overhead)."""
-    from tracer import kube, overhead
+    from tracer.enrich import kube, overhead
 
     def version(text: str) -> tuple[int, int]:
         try:
@@ -288,7 +288,7 @@ def _add_attribution_flags(parser: argparse.ArgumentParser) -> None:
 
 def _attribution(args: argparse.Namespace, daemon: Any) -> Any:
     """Adds the attribution stages (docs/attribution.md) and starts their sources; returns a closer."""
-    from tracer import kube, memsnap, overhead, vm
+    from tracer.enrich import kube, memsnap, overhead, vm
 
     memory_root, proc_root = Path(daemon.resolver.memory_root), daemon.config.proc_root
     failures = kube.enrichment_failures(daemon.registry)
@@ -388,13 +388,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(dump_bpf(no_btf=args.no_btf, quiet_s=float(args.near_oom_quiet)))
         return 0
     if str(args.metrics_address).lower() != "none":
-        from tracer.metrics import parse_address
+        from tracer.http.address import parse_address
 
         try:
             parse_address(args.metrics_address)
         except ValueError as err:
             raise UsageError(f"--metrics-address: {err}") from None
-    from tracer import loki
+    from tracer.sinks import loki
 
     try:
         loki_config = loki.config_from_args(args)
@@ -420,7 +420,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def dump_bpf(no_btf: bool, quiet_s: float) -> str:
     """The exact program text `run` would compile on this kernel."""
-    from tracer import bpf_source, offsets, probes
+    from tracer.kernel import offsets, probes
+    from tracer.kernel import source as bpf_source
 
     features = probes.detect(use_btf=not no_btf)
     plan = probes.plan(features)
@@ -429,8 +430,8 @@ def dump_bpf(no_btf: bool, quiet_s: float) -> str:
 
 
 def cmd_probes(args: argparse.Namespace) -> int:
-    from tracer import probes
-    from tracer.headers import HeadersError, find_headers
+    from tracer.kernel import probes
+    from tracer.kernel.headers import HeadersError, find_headers
 
     features = probes.detect(use_btf=not args.no_btf)
     plan = probes.plan(features)
@@ -478,7 +479,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _require_root()
-    from tracer.demo import run_demo
+    from tracer.cli.demo import run_demo
 
     if not 16 <= args.limit_mib <= 512:
         raise UsageError("--limit-mib must be between 16 and 512")
@@ -486,7 +487,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from tracer.watch import watch
+    from tracer.cli.watch import watch
 
     return watch(args)
 
@@ -494,23 +495,21 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "probes": cmd_probes, "demo": cmd_demo, "watch": cmd_watch}
-    from tracer.btf import BtfError
-    from tracer.headers import HeadersError
-    from tracer.loader import LoadError
+    from tracer.kernel.btf import BtfError
+    from tracer.kernel.headers import HeadersError
+    from tracer.kernel.loader import LoadError
 
     try:
         return handlers[args.command](args)
     except (UsageError, LoadError, HeadersError, BtfError) as err:
         # Things the operator must fix (privileges, BPF support, headers): exit 2, one line.
-        sys.stderr.write(f"oomtrace: error: {err}\n")
-        return EXIT_USAGE
+        errors.report(str(err))
+        return errors.EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return errors.EXIT_INTERRUPTED
     except Exception as err:  # anything unexpected still ends as one line, not a traceback
-        from tracer.errors import describe
-
-        sys.stderr.write(f"oomtrace: error: {describe(err)}\n")
-        return 1
+        errors.report(errors.describe(err))
+        return errors.EXIT_FAILURE
 
 
 if __name__ == "__main__":

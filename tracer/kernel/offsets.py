@@ -1,6 +1,7 @@
 """Kernel struct offsets and enum values from BTF, as -D constants for the BPF programs."""
 
-from tracer.btf import ARRAY, STRUCT, Btf, BtfError
+from tracer.kernel.btf import ARRAY, STRUCT, Btf, BtfError
+from tracer.schema import CONSTRAINTS
 
 # (macro, struct, member path): every struct read the BPF programs make.
 _MEMBERS = (
@@ -46,12 +47,6 @@ _ENUMS = (
     ("CONSTRAINT_MEMCG_VALUE", "CONSTRAINT_MEMCG"),
 )
 
-CONSTRAINT_NAMES = {
-    "CONSTRAINT_NONE": "global",
-    "CONSTRAINT_CPUSET": "cpuset",
-    "CONSTRAINT_MEMORY_POLICY": "memory_policy",
-    "CONSTRAINT_MEMCG": "memcg",
-}
 
 
 def _rss_stat_layout(btf: Btf) -> tuple[int, int]:
@@ -94,7 +89,7 @@ def constraint_names(btf: Btf | None) -> dict[int, str]:
     if btf is None:
         return {}
     names = {}
-    for kernel_name, name in CONSTRAINT_NAMES.items():
+    for kernel_name, name in CONSTRAINTS.items():
         try:
             names[btf.enum_value(kernel_name)] = name
         except BtfError:

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter
 
-from tracer.vm import PodHint
+from tracer.enrich.vm import PodHint
 
 DEFAULT_ALLOWLIST: Final = (
     "app.kubernetes.io/name",

@@ -1,13 +1,13 @@
 """JSON lines via structlog: events on stdout (the product), diagnostics on stderr."""
 
 import sys
-import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 from tracer import schema
+from tracer.timefmt import now_rfc3339
 
 _FIRST_KEYS = ("event", "ts", "node", "tier")
 
@@ -21,9 +21,7 @@ def _schema_order(_logger: Any, _method: str, event_dict: MutableMapping[str, An
 
 def _diagnostic_fields(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     message = event_dict.pop("event")
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-    return {"ts": stamp, "level": method, "msg": message, **event_dict}
+    return {"ts": now_rfc3339(), "level": method, "msg": message, **event_dict}
 
 
 class EventWriter:

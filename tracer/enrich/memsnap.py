@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from tracer.vm import pids_in, role_of
+from tracer.enrich.vm import pids_in, role_of
 
 # A v1 limit at or above this is "no limit" (PAGE_COUNTER_MAX pages: 9223372036854771712 bytes).
 _V1_UNLIMITED: Final = 1 << 62

@@ -25,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from itertools import islice
@@ -35,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tracer.schema import KINDS, MEMCG_OOM, NEAR_OOM, OOM_KILL
+from tracer.timefmt import now_rfc3339, parse_rfc3339
 
 # min_kind: an event kind passes if it is at least this severe.
 SEVERITY: Final = {NEAR_OOM: 0, MEMCG_OOM: 1, OOM_KILL: 2}
@@ -130,12 +130,9 @@ class StreamQuery:
 def parse_time(text: str) -> float:
     """RFC 3339 (`2026-11-26T17:05:34.671Z`, `…+01:00`; no offset means UTC) → Unix time."""
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_rfc3339(text)
     except ValueError:
         raise QueryError(f"not an event id or an RFC 3339 time: {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def _values(params: dict[str, list[str]], name: str) -> frozenset[str] | None:
@@ -279,10 +276,6 @@ def sse_gap(gap: Gap) -> str:
 
 def ndjson_gap(gap: Gap) -> str:
     return json.dumps({"gap": gap.as_dict()}) + "\n"
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # --- the hub --------------------------------------------------------------------------------
@@ -622,7 +615,8 @@ class EventsEndpoint:
             if entries:
                 out.write("".join(event(e) for e in entries).encode())
             elif time.monotonic() - last_write >= heartbeat:
-                out.write(b": heartbeat\n\n" if fmt == SSE else f'{{"heartbeat": "{_utc_now()}"}}\n'.encode())
+                beat = b": heartbeat\n\n" if fmt == SSE else f'{{"heartbeat": "{now_rfc3339()}"}}\n'.encode()
+                out.write(beat)
             else:
                 if _hung_up(handler.connection):
                     return

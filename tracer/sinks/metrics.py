@@ -10,8 +10,6 @@ from __future__ import annotations
 import errno
 import http.client
 import io
-import ipaddress
-import re
 import socket
 import socketserver
 import sys
@@ -28,17 +26,26 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
 
 from tracer import __version__
-from tracer.schema import KINDS, MEMCG_OOM, NEAR_OOM, OOM_KILL
-from tracer.stream import EventsEndpoint, StreamHub
+from tracer.http.address import parse_address
+from tracer.schema import (
+    FIRST,
+    KINDS,
+    KMSG,
+    LOSS_REASONS,
+    MEMCG_OOM,
+    NEAR_OOM,
+    NEAR_OOM_PHASES,
+    OOM_KILL,
+    PROBE_TIERS,
+    UNAVAILABLE,
+)
+from tracer.sinks.stream import EventsEndpoint, StreamHub
 
 # Label names of every per-event counter; values come from enrichment keys of the same name.
 LABELS: Final = ("namespace", "pod", "container", "vm")
 
-LOST_REASONS: Final = ("ringbuf_full", "map_full", "decode_error", "kmsg_overwritten")
-
-PROBE_TIERS: Final = ("fentry", "kprobe", "tracepoint", "kmsg", "unavailable")
-
-NEAR_OOM_PHASES: Final = ("first", "summary")
+# What oomtrace_probe_info's tier label may say: a probe tier, unavailable, or the kernel log.
+INFO_TIERS: Final = (*PROBE_TIERS, UNAVAILABLE, KMSG)
 
 # near_oom fields summed into counters, with the factor that converts them to the metric's unit.
 _NEAR_OOM_AMOUNTS: Final = (
@@ -92,7 +99,7 @@ class Metrics:
             registry=registry,
         )
         # A VM pod's memory outside guest RAM, against what its limit leaves for it, as of its
-        # last event with an overhead analysis (tracer/overhead.py).
+        # last event with an overhead analysis (tracer/enrich/overhead.py).
         self._vm_non_guest = Gauge(
             "oomtrace_vm_non_guest_usage_bytes",
             "A VM pod's memory usage minus its guest RAM, at its last analysed event.",
@@ -136,7 +143,7 @@ class Metrics:
         # the first event or loss.
         for kind in KINDS:
             self._events.labels(kind)
-        for reason in LOST_REASONS:
+        for reason in LOSS_REASONS:
             self._lost.labels(reason)
 
     def observe(self, event: Mapping[str, Any]) -> None:
@@ -171,16 +178,16 @@ class Metrics:
         elif kind == OOM_KILL:
             self._oom_kills.labels(*labels).inc()
         else:
-            if event["phase"] == "first":
+            if event["phase"] == FIRST:
                 self._near_oom_events.labels(*labels).inc()
             # The producer never reports the same reclaim in a "first" and a "summary" event.
             for metric, amount in amounts:
                 metric.labels(*labels).inc(amount)
 
     def lost(self, reason: str, n: int) -> None:
-        """Count `n` events lost for `reason`, one of LOST_REASONS."""
-        if reason not in LOST_REASONS:
-            raise ValueError(f"unknown loss reason {reason!r} (expected one of {', '.join(LOST_REASONS)})")
+        """Count `n` events lost for `reason`, one of schema.LOSS_REASONS."""
+        if reason not in LOSS_REASONS:
+            raise ValueError(f"unknown loss reason {reason!r} (expected one of {', '.join(LOSS_REASONS)})")
         if n < 0:
             raise ValueError(f"lost event count is negative: {n}")
         self._lost.labels(reason).inc(n)
@@ -194,8 +201,8 @@ class Metrics:
         """Replace the probe_info series with one per (probe, tier, target)."""
         new = set(probes)
         for _probe, tier, _target in new:
-            if tier not in PROBE_TIERS:
-                raise ValueError(f"unknown probe tier {tier!r} (expected one of {', '.join(PROBE_TIERS)})")
+            if tier not in INFO_TIERS:
+                raise ValueError(f"unknown probe tier {tier!r} (expected one of {', '.join(INFO_TIERS)})")
         # Add before removing, so a concurrent scrape never sees an empty set of probes.
         for probe in new:
             self._probe_info.labels(*probe).set(1)
@@ -225,33 +232,7 @@ _BUSY_REPLY: Final = (
 # How long close() may wait for the serve loop to notice; ten idle wake-ups a second cost nothing measurable.
 _POLL_INTERVAL_S: Final = 0.1
 
-_PORT = re.compile(r"[0-9]{1,5}")
-
 Health = Callable[[], tuple[bool, str]]
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """Split `host:port`, `:port` or `[v6addr]:port` into (host, port); host "" means all interfaces."""
-    usage = f"bad listen address {address!r}: expected host:port, :port or [ipv6]:port"
-    if address.startswith("["):
-        host, sep, port = address[1:].partition("]:")
-        if not sep:
-            raise ValueError(usage)
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"bad listen address {address!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port = address.rpartition(":")
-        if not sep:
-            raise ValueError(usage)
-        if ":" in host:
-            raise ValueError(f"bad listen address {address!r}: put an IPv6 address in brackets, [addr]:port")
-        if any(c.isspace() or c in "[]/" for c in host):
-            raise ValueError(usage)
-    if not _PORT.fullmatch(port) or int(port) > 65535:
-        raise ValueError(f"bad listen address {address!r}: port must be a number from 0 to 65535")
-    return host, int(port)
 
 
 class _CappedReader(io.BufferedIOBase):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import calendar
 import contextlib
 import email.utils
 import http.client
@@ -38,14 +37,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from tracer import __version__, flagtypes
+from tracer import __version__
+from tracer.cli import flagtypes
+from tracer.timefmt import parse_rfc3339_ns
 
 PUSH_PATH: Final = "/loki/api/v1/push"
 ENCODINGS: Final = ("protobuf", "json")
@@ -196,14 +196,8 @@ def timestamp_ns(event: dict[str, Any]) -> int:
     """The event's `ts` (RFC 3339 UTC) in ns since the epoch; now if it has none that parses."""
     ts = event.get("ts")
     if isinstance(ts, str):
-        try:
-            stamp = datetime.fromisoformat(ts)
-        except ValueError:
-            pass
-        else:
-            if stamp.tzinfo is not None:
-                seconds = calendar.timegm(stamp.utctimetuple())
-                return seconds * 1_000_000_000 + stamp.microsecond * 1000
+        with contextlib.suppress(ValueError):
+            return parse_rfc3339_ns(ts)
     return time.time_ns()
 
 

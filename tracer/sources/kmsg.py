@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
 
-from tracer.schema import MEMCG_OOM, OOM_KILL, blank_event
+from tracer.schema import CONSTRAINTS, KMSG, MEMCG_OOM, OOM_KILL, blank_event
 
-TIER: Final = "kmsg"
 DEFAULT_PATH: Final = "/dev/kmsg"
 
 # Digit runs are bounded: int() refuses strings over 4300 digits, and no kernel
@@ -86,12 +85,6 @@ KILLED_LINE_FIELDS: Final = (
 _MAX_SUMMARY: Final = 16384
 _NO_VICTIM: Final = "Out of memory and no killable processes..."
 
-_CONSTRAINTS: Final = {
-    "CONSTRAINT_NONE": "global",
-    "CONSTRAINT_CPUSET": "cpuset",
-    "CONSTRAINT_MEMORY_POLICY": "memory_policy",
-    "CONSTRAINT_MEMCG": "memcg",
-}
 
 # /dev/kmsg: "prio_facility,seq,timestamp_usec,flags[,more];message"
 _RECORD_RE: Final = re.compile(
@@ -284,7 +277,7 @@ class OomReportParser:
             self._partial_summary = line if ",task=" not in line and len(line) < _MAX_SUMMARY else None
             return
         report, self._report = self._report, None
-        constraint = _CONSTRAINTS.get(m["constraint"])
+        constraint = CONSTRAINTS.get(m["constraint"])
         self._summary = _Summary(
             victim_pid=int(m["pid"]),
             victim_uid=int(m["uid"]),
@@ -317,7 +310,7 @@ class OomReportParser:
         event = blank_event(OOM_KILL)
         event.update(
             ktime_ns=ktime_ns,
-            tier=TIER,
+            tier=KMSG,
             victim_pid=victim_pid,
             victim_comm=m["comm"],
             victim_uid=_int(m["uid"]),
@@ -361,7 +354,7 @@ class OomReportParser:
         event = blank_event(MEMCG_OOM)
         event.update(
             ktime_ns=report.ktime_ns,
-            tier=TIER,
+            tier=KMSG,
             oom_memcg=oom_memcg,
             usage_bytes=report.usage_bytes,
             limit_bytes=report.limit_bytes,

@@ -36,7 +36,7 @@ class NearOomSummarizer:
                     tier=self._tier,
                     ktime_ns=now_ns,
                     memcg_id=memcg_id if memcg_known else None,
-                    phase="summary",
+                    phase=schema.SUMMARY,
                     interval_s=interval_s,
                     reclaim_calls=calls,
                     reclaim_time_ns=current.reclaim_ns - before.reclaim_ns,

@@ -8,7 +8,8 @@ import time
 from typing import Any, Protocol
 
 from tracer import schema
-from tracer.tags import tags_for_path
+from tracer.resolve.tags import tags_for_path
+from tracer.timefmt import rfc3339_ns
 
 # (id field in the decoded event, path field in the schema), per kind; the first pair names
 # the cgroup the event's tags describe.
@@ -40,9 +41,7 @@ class WallClock:
         self._offset_ns = time.time_ns() - time.monotonic_ns()
 
     def rfc3339(self, ktime_ns: int) -> str:
-        wall_ns = ktime_ns + self._offset_ns
-        seconds, nanos = divmod(wall_ns, 1_000_000_000)
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}Z"
+        return rfc3339_ns(ktime_ns + self._offset_ns)
 
 
 class Enricher:
