@@ -5,8 +5,9 @@ oom_kill records in the layout of bpf/oomtrace.h (tracer.decode.OomtraceEvent), 
 cgroups of this machine, written into a pipe sized like the tracer's ring buffer (64 pages).
 The producer writes without blocking; a record that does not fit is dropped and counted, as
 the kernel counts a failed ring-buffer reservation. The consumer is `oomtrace run` itself —
-the same Daemon._run_bpf: decode, cgroup path and tags, the attribution stages `run` adds,
-stdout, metrics and the /events hub — with only tracer.kernel.loader.load replaced by a stand-in
+the same daemon `oomtrace run` builds (tracer.cli.run.build_daemon): decode, cgroup path and tags,
+the attribution stages, stdout, metrics and the /events hub — with only the loader it is given
+(tracer.sources.bpf.Load) replaced by a stand-in
 whose poll() reads that pipe and whose lost() reports the producer's drop count, and whose
 near-OOM map holds 100 cgroups each counting 1,000 charge failures a second (100,000/s).
 
@@ -91,7 +92,7 @@ def produce(fd: int, stats: Path, rate: float, duration_s: float, ids: list[int]
 
 
 class ReplayTracer:
-    """Stands in for tracer.kernel.loader.Tracer: the pipe is the ring buffer, the map is simulated."""
+    """A tracer.sources.bpf.Tracer: the pipe is the ring buffer, the map is simulated."""
 
     def __init__(self, plan: probes.Plan, fd: int, stats: Path, ids: list[int], on_record: Any) -> None:
         # charge_failure counted (as on fentry/kprobe kernels), so the summaries carry it.
@@ -157,23 +158,17 @@ class ReplayTracer:
 
 
 def consume(fd: int, stats: Path, ids: list[int], attribution: bool, run_args: list[str]) -> int:
-    from tracer import cli
-    from tracer.daemon import Daemon
-    from tracer.kernel import loader
+    from tracer.cli.flags import build_parser
+    from tracer.cli.run import build_daemon, run_config
 
     def load(
         plan: probes.Plan, _features: Any, _constants: Any, _headers: Any, on_record: Any, *_a: Any, **_k: Any
-    ):  # type: ignore[no-untyped-def]
+    ) -> ReplayTracer:
         return ReplayTracer(plan, fd, stats, ids, on_record)
 
-    loader.load = load  # the one piece replaced: no bcc, no kernel programs
-    args = cli.build_parser().parse_args(["run", *run_args])
-    daemon = Daemon(cli._run_config(args))
-    close = cli._attribution(args, daemon) if attribution else (lambda: None)
-    try:
-        return daemon.run()
-    finally:
-        close()
+    args = build_parser().parse_args(["run", *run_args])
+    # The one piece replaced: the loader (no bcc, no kernel programs).
+    return build_daemon(run_config(args), args, load=load, attribution=attribution).run()
 
 
 # --- the harness side -------------------------------------------------------------------------

@@ -11,6 +11,10 @@ EXIT_USAGE: Final = 2  # the operator's to fix: flags, privileges, BPF support, 
 EXIT_INTERRUPTED: Final = 130  # SIGINT (128 + 2), as shells report it
 
 
+class UsageError(Exception):
+    """Something the operator can fix (a flag, a privilege, the environment): one line, exit 2."""
+
+
 def report(message: str, stream: TextIO | None = None) -> None:
     """The one line every error that reaches the command line is printed as."""
     (stream or sys.stderr).write(f"oomtrace: error: {message}\n")

@@ -24,8 +24,6 @@ TRACEPOINT: Final = "tracepoint"
 PROBE_TIERS: Final = (FENTRY, KPROBE, TRACEPOINT)
 UNAVAILABLE: Final = "unavailable"
 KMSG: Final = "kmsg"
-# What an event's `tier` field may say: the probe tier that produced it, or the kernel log.
-EVENT_TIERS: Final = (*PROBE_TIERS, KMSG)
 # OOMTRACE_TIER_* in bpf/oomtrace.h (0 there: not attached).
 TIER_CODES: Final = {FENTRY: 1, KPROBE: 2, TRACEPOINT: 3}
 
@@ -49,14 +47,14 @@ FIRST: Final = "first"
 SUMMARY: Final = "summary"
 NEAR_OOM_PHASES: Final = (FIRST, SUMMARY)
 
-# Tags derived from a cgroup path (tracer.tags); present on every event.
+# Tags derived from a cgroup path (tracer.resolve.tags); present on every event.
 TAG_FIELDS: Final = ("cgroup", "pod_uid", "qos", "container_id", "runtime", "unit")
 
 COMMON_FIELDS: Final = ("event", "ts", "ktime_ns", "node", "tier")
 
 TRIGGER_FIELDS: Final = ("trigger_pid", "trigger_tgid", "trigger_comm", "trigger_memcg")
 
-# Kubernetes and VM attribution (tracer.kube, tracer.vm, tracer.memsnap, tracer.overhead; see
+# Kubernetes and VM attribution (tracer.enrich: kube, vm, memsnap, overhead; see
 # docs/attribution.md); present on every event, None when unknown or not applicable.
 ATTRIBUTION_FIELDS: Final = (
     "namespace",

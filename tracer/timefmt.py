@@ -12,6 +12,20 @@ def rfc3339_ns(wall_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}Z"
 
 
+class WallClock:
+    """CLOCK_MONOTONIC (bpf_ktime_get_ns) → RFC 3339 UTC, re-anchored on each refresh so
+    a stepped wall clock is followed."""
+
+    def __init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def rfc3339(self, ktime_ns: int) -> str:
+        return rfc3339_ns(ktime_ns + self._offset_ns)
+
+
 def now_rfc3339() -> str:
     return rfc3339_ns(time.time_ns())
 

@@ -15,7 +15,7 @@ import pytest
 from tests.kernel.conftest import REPO, KernelLog, Tracer
 from tests.kernel.test_oom_events import MIB, VICTIM_FIELDS, _oom
 from tracer.cli.sandbox import PodSandbox
-from tracer.cli.watch import sse_messages
+from tracer.cli.watch.sse import sse_messages
 
 
 class SseClient:

@@ -1,8 +1,9 @@
 """Fuzzing every parser of outside input: no exception escapes, and garbage never yields a wrong tag.
 
-Outside input: cgroup paths (tracer/resolve/tags.py), kernel-log lines (tracer/sources/kmsg.py), QEMU command
-lines (tracer/enrich/vm.py), Kubernetes JSON (tracer/enrich/kube.py), configuration from flags and the
-environment (tracer/cli/__init__.py), and what HTTP clients send (listen addresses, /events queries).
+Outside input: cgroup paths (tracer/resolve/tags.py), kernel-log lines (tracer/sources/kmsg/),
+QEMU command lines (tracer/enrich/vm.py), Kubernetes JSON (tracer/enrich/kube.py), configuration
+from flags and the environment (tracer/cli/flags.py, tracer/cli/run.py), and what HTTP clients
+send (listen addresses, /events queries).
 
 "Never raises" is the floor; each parser also gets an oracle built from how the input was
 generated, so a value that comes out must be the one that went in, or nothing:
@@ -493,7 +494,7 @@ def test_any_oomtrace_environment_is_accepted_or_refused_in_one_line_never_a_tra
         mock.patch.dict("os.environ", environ, clear=True),
         contextlib.redirect_stderr(err),
         contextlib.redirect_stdout(io.StringIO()),
-        mock.patch.object(cli, "_require_root", lambda: None),
+        mock.patch("tracer.cli.run.require_root", lambda: None),
         mock.patch("tracer.daemon.Daemon.run", side_effect=_Stop),
     ):
         try:

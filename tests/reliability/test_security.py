@@ -32,7 +32,7 @@ from tests.kernel.conftest import Tracer
 from tracer import schema
 from tracer.cli.sandbox import PodSandbox
 from tracer.enrich.vm import QemuInfo
-from tracer.sinks.metrics import MAX_REQUEST_HEAD_BYTES, start_http_server
+from tracer.http.server import MAX_REQUEST_HEAD_BYTES, start_http_server
 from tracer.sinks.stream import StreamHub
 
 MIB = 1 << 20

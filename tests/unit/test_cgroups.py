@@ -58,35 +58,28 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def test_v2_root_is_the_memory_and_the_unified_hierarchy(v2: Path) -> None:
+def test_v2_root_is_the_memory_hierarchy(v2: Path) -> None:
     resolver = CgroupResolver(v2)
     assert resolver.layout == "v2"
     assert resolver.memory_root == str(v2)
-    assert resolver.unified_root == str(v2)
     assert resolver.path(ino(v2, CONTAINER)) == CONTAINER
-    assert resolver.unified_path(ino(v2, CONTAINER)) == CONTAINER
 
 
-def test_v1_memory_directory_is_the_memory_hierarchy_and_there_is_no_unified_one(v1: Path) -> None:
+def test_v1_memory_directory_is_the_memory_hierarchy(v1: Path) -> None:
     resolver = CgroupResolver(v1)
     assert resolver.layout == "v1"
     assert resolver.memory_root == str(v1 / "memory")
-    assert resolver.unified_root is None
     assert resolver.path(ino(v1 / "memory", CONTAINER)) == CONTAINER
-    assert resolver.unified_path(ino(v1 / "memory", CONTAINER)) is None
 
 
-def test_hybrid_host_resolves_memcg_ids_in_v1_and_task_cgroup_ids_in_unified(hybrid: Path) -> None:
+def test_hybrid_host_resolves_memcg_ids_in_the_v1_memory_hierarchy(hybrid: Path) -> None:
     resolver = CgroupResolver(hybrid)
     assert resolver.layout == "hybrid"
     assert resolver.memory_root == str(hybrid / "memory")
-    assert resolver.unified_root == str(hybrid / "unified")
     memory_id, unified_id = ino(hybrid / "memory", CONTAINER), ino(hybrid / "unified", CONTAINER)
     assert resolver.path(memory_id) == CONTAINER
-    assert resolver.unified_path(unified_id) == CONTAINER
-    # Each id space is separate: a v2 id means nothing in the v1 memory hierarchy.
+    # A v2 id means nothing in the v1 memory hierarchy: unknown, never a wrong path.
     assert resolver.path(unified_id) is None
-    assert resolver.unified_path(memory_id) is None
 
 
 def test_v2_cgroup_named_memory_is_not_taken_for_a_v1_hierarchy(v2: Path) -> None:
@@ -99,7 +92,7 @@ def test_v1_host_without_memory_controller_resolves_through_unified(tmp_path: Pa
     (tmp_path / "unified" / "cgroup.controllers").write_text("")
     cg = mkcg(tmp_path / "unified", "/system.slice")
     resolver = CgroupResolver(tmp_path)
-    assert resolver.memory_root == resolver.unified_root == str(tmp_path / "unified")
+    assert resolver.memory_root == str(tmp_path / "unified")
     assert resolver.path(cg) == "/system.slice"
 
 
@@ -160,42 +153,41 @@ def test_deleted_directory_keeps_its_cached_path(v2: Path, clock: FakeClock) -> 
     assert resolver.walks == 2
 
 
-def test_remembered_cgroup_resolves_without_a_walk(v2: Path, clock: FakeClock) -> None:
+def test_rescan_follows_a_cgroup_whose_directory_moved(v2: Path, clock: FakeClock) -> None:
     resolver = CgroupResolver(v2, clock=clock)
+    moved = ino(v2, CONTAINER)
+    assert resolver.path(moved) == CONTAINER
+    (v2 / CONTAINER.lstrip("/")).rename(v2 / "system.slice" / "moved")  # same inode, another path
     resolver.rescan()
-    resolver.remember(424242, "/system.slice/new.service")
-    assert resolver.path(424242) == "/system.slice/new.service"
-    assert resolver.walks == 1
+    assert resolver.path(moved) == "/system.slice/moved"
 
 
-def test_forgotten_cgroup_stays_resolvable_until_remembered_again(v2: Path, clock: FakeClock) -> None:
+def test_an_id_back_in_the_hierarchy_takes_the_path_the_walk_finds(
+    tmp_path_factory: pytest.TempPathFactory, v2: Path, clock: FakeClock
+) -> None:
     resolver = CgroupResolver(v2, clock=clock)
-    resolver.remember(424242, "/old")
-    resolver.forget(424242)
-    assert resolver.path(424242) == "/old"
-    resolver.remember(424242, "/new")
-    assert resolver.path(424242) == "/new"
-
-
-def test_rescan_moves_a_cached_id_to_where_the_walk_finds_that_inode(v2: Path, clock: FakeClock) -> None:
-    resolver = CgroupResolver(v2, clock=clock)
-    reused = ino(v2, POD)
-    resolver.remember(reused, "/deleted-long-ago")
-    resolver.forget(reused)
+    back = ino(v2, CONTAINER)
+    assert resolver.path(back) == CONTAINER
+    outside = tmp_path_factory.mktemp("outside") / "away"  # same filesystem, not the hierarchy
+    (v2 / CONTAINER.lstrip("/")).rename(outside)
     resolver.rescan()
-    assert resolver.path(reused) == POD
+    assert resolver.path(back) == CONTAINER  # gone: its last path is kept
+    outside.rename(v2 / "system.slice" / "back")
+    resolver.rescan()
+    assert resolver.path(back) == "/system.slice/back"
 
 
 def test_removed_ids_are_kept_only_up_to_a_bound(
     v2: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cgroups, "MAX_REMOVED", 3)
+    ids = [mkcg(v2, f"/gone-{n}") for n in range(1, 6)]
     resolver = CgroupResolver(v2, clock=clock)
     resolver.rescan()
-    for cgroup_id in range(1, 6):
-        resolver.remember(10**12 + cgroup_id, f"/gone-{cgroup_id}")
-        resolver.forget(10**12 + cgroup_id)
-    assert [resolver.path(10**12 + i) for i in range(1, 6)] == [None, None, "/gone-3", "/gone-4", "/gone-5"]
+    for n in range(1, 6):  # removed one by one, oldest first
+        (v2 / f"gone-{n}").rmdir()
+        resolver.rescan()
+    assert [resolver.path(cgroup_id) for cgroup_id in ids] == [None, None, "/gone-3", "/gone-4", "/gone-5"]
 
 
 def test_walk_does_not_follow_symlinks(tmp_path: Path) -> None:

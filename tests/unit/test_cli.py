@@ -289,7 +289,7 @@ def test_near_oom_quiet_too_large_for_the_kernel_is_a_usage_error(
 
 def test_nice_sets_the_processes_priority_before_it_starts_threads() -> None:
     probe = (
-        "import os, threading; from tracer.cli import set_nice; set_nice(7); "
+        "import os, threading; from tracer.cli.run import set_nice; set_nice(7); "
         "t = threading.Thread(target=lambda: print(os.getpriority(os.PRIO_PROCESS, 0))); t.start(); t.join()"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -299,13 +299,13 @@ def test_nice_sets_the_processes_priority_before_it_starts_threads() -> None:
 def test_a_nice_value_the_process_may_not_take_is_one_line_naming_the_capability(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import tracer.cli as cli
+    from tracer.cli import run
 
     def refuse(_which: int, _who: int, _value: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(cli.os, "setpriority", refuse)
-    monkeypatch.setattr(cli, "_require_root", lambda: None)
+    monkeypatch.setattr(run.os, "setpriority", refuse)
+    monkeypatch.setattr(run, "require_root", lambda: None)
     assert run_main(["run", "--nice", "-10", "--metrics-address", "none"]) == EXIT_USAGE
     line = one_error_line(capsys.readouterr().err)
     assert "--nice -10: Operation not permitted" in line and "CAP_SYS_NICE" in line

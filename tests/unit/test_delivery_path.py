@@ -11,24 +11,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from bench import harness, report
-from tracer.cli import _run_config, build_parser
-from tracer.daemon import Daemon
-from tracer.decode import NearOomStats
-from tracer.sources.near_oom import NearOomSummarizer
+from tests.unit.conftest import full_kernel_features
+from tracer.decode import Decoder, NearOomStats
+from tracer.kernel.probes import plan
+from tracer.sinks.metrics import Metrics
+from tracer.sources.bpf import BpfConfig, BpfSource
 
 
 class _RecordingTracer:
-    """Stands in for tracer.kernel.loader.Tracer: near_oom stats for many cgroups, and a log of when
-    the daemon drained the ring buffer relative to what it published."""
+    """A tracer.sources.bpf.Tracer with near_oom stats for many cgroups, and a log of when the
+    source drained the ring buffer relative to what it published."""
 
     def __init__(self, log: list[str], cgroups: int) -> None:
         self.log = log
+        self.plan = plan(full_kernel_features(frozenset({"pid", "comm", "anon_rss", "uid"})))
         self.stats = {
             1000 + n: NearOomStats(reclaim_calls=5, reclaim_ns=10, reclaimed_pages=1, charge_failures=2)
             for n in range(cgroups)
         }
+
+    def poll(self, timeout_ms: int) -> None:
+        pass
 
     def near_oom_stats(self) -> dict[int, NearOomStats]:
         return self.stats
@@ -42,22 +48,28 @@ class _RecordingTracer:
     def lost(self) -> dict[str, int]:
         return {}
 
+    def close(self) -> None:
+        pass
 
-def test_the_ring_buffer_is_drained_before_every_near_oom_summary() -> None:
-    daemon = Daemon(_run_config(build_parser().parse_args(["run"])))
+
+def test_the_ring_buffer_is_drained_before_every_near_oom_summary(tmp_path: Path) -> None:
     log: list[str] = []
-    daemon.publish = lambda event: log.append(event["phase"])  # type: ignore[method-assign]
-    summarizer = NearOomSummarizer(daemon_decoder(), "tracepoint", charge_failures_known=True)
-    daemon._interval_bpf(_RecordingTracer(log, cgroups=50), summarizer, memcg_known=True)
+    config = BpfConfig(
+        tmp_path,
+        tmp_path,
+        use_btf=True,
+        headers_cache=tmp_path,
+        near_oom_quiet_s=10,
+        interval_s=1,
+        ringbuf_pages=64,
+    )
+    metrics = Metrics(CollectorRegistry(), kernel="test")
+    source = BpfSource(config, lambda event: log.append(event["phase"]), metrics, log=None)
+    source.use(_RecordingTracer(log, cgroups=50), Decoder(4096, {}), memcg_known=True)
+    source.every_interval()
     assert log.count("summary") == 50
     # A kill waiting in the ring buffer is never behind more than the summary being written.
     assert log == ["consume", "summary"] * 50
-
-
-def daemon_decoder() -> Any:
-    from tracer.decode import Decoder
-
-    return Decoder(4096, {})
 
 
 def test_the_stamper_stamps_every_whole_line_once_with_the_monotonic_clock() -> None:
@@ -222,11 +234,18 @@ def test_storm_rows_are_rendered_by_nice_value_in_the_section_and_the_summary() 
     assert "OOM storms" not in report.markdown(_record([_row(100, 4.0, True)]))
 
 
-def test_the_pipeline_benchmarks_replay_tracer_offers_all_the_daemon_calls() -> None:
-    # It stands in for tracer.kernel.loader.Tracer in bench/pipeline.py; a method missing there
-    # (consume() once) stops the benchmark's tracer on its first interval.
-    from bench.pipeline import ReplayTracer
-    from tracer.kernel.loader import Tracer
+@pytest.mark.parametrize(
+    "module, name",
+    [("bench.pipeline", "ReplayTracer"), ("tracer.kernel.loader", "Tracer")],
+    ids=["replay", "bcc"],
+)
+def test_every_tracer_offers_all_the_bpf_source_calls(module: str, name: str) -> None:
+    # The benchmark's replay tracer stands in for bcc's; a method missing there (consume() once)
+    # stopped the benchmark's tracer on its first interval.
+    import importlib
 
-    called = {name for name in vars(Tracer) if not name.startswith("_")}
-    assert called <= set(dir(ReplayTracer)), called - set(dir(ReplayTracer))
+    from tracer.sources.bpf import Tracer
+
+    called = {n for n, v in vars(Tracer).items() if callable(v) and not n.startswith("_")}
+    offered = set(dir(getattr(importlib.import_module(module), name)))
+    assert called <= offered, called - offered

@@ -20,7 +20,9 @@ from prometheus_client import CollectorRegistry
 
 from tests.fake_kube import FakeKube, kubeconfig, pod, running
 from tests.fake_node import KUBEVIRT_CMDLINE, FakeNode, argv
-from tracer import cli, schema
+from tracer import schema
+from tracer.cli.flags import build_parser
+from tracer.cli.run import build_daemon
 from tracer.daemon import Daemon, RunConfig
 from tracer.enrich import kube
 from tracer.enrich.kube import (
@@ -34,7 +36,7 @@ from tracer.enrich.kube import (
     parse_pod,
     parse_pod_list,
 )
-from tracer.sinks.stdout import EventWriter
+from tracer.errors import UsageError
 
 ALLOW = Allowlist(kube.DEFAULT_ALLOWLIST)
 NODE = "node-1"
@@ -561,9 +563,10 @@ def daemon_for(node: FakeNode, tmp_path: Path, *flags: str) -> tuple[Daemon, io.
         duration_s=None,
         proc_root=node.proc,
     )
-    daemon = Daemon(config, writer=EventWriter(out))
-    args = cli.build_parser().parse_args(["run", *flags])
-    return daemon, out, cli._attribution(args, daemon)
+    args = build_parser().parse_args(["run", *flags])
+    daemon = build_daemon(config, args, stdout=out)
+    daemon.pipeline.start()
+    return daemon, out, daemon.pipeline.close
 
 
 def test_the_daemon_publishes_names_vm_roles_overhead_and_snapshot_from_the_cli_flags(
@@ -594,7 +597,7 @@ def test_the_daemon_publishes_names_vm_roles_overhead_and_snapshot_from_the_cli_
             anon_rss_bytes=2042626048 + (40 << 20),
             shmem_rss_bytes=0,
         )
-        daemon.publish(event)
+        daemon.pipeline.publish(event)
     finally:
         close()
     published = json.loads(out.getvalue())
@@ -635,7 +638,7 @@ def test_without_kubernetes_the_daemon_still_attributes_the_vm_and_counts_no_fai
     try:
         event = schema.blank_event(schema.NEAR_OOM)
         event.update(ktime_ns=1, phase="first", memcg=f"{pod_path}/{CID}", usage_bytes=1, limit_bytes=None)
-        daemon.publish(event)
+        daemon.pipeline.publish(event)
     finally:
         close()
     published = json.loads(out.getvalue())
@@ -667,7 +670,7 @@ def test_bad_attribution_flags_exit_2_with_one_line(
     flags: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_:
-        cli.build_parser().parse_args(["run", *flags])
+        build_parser().parse_args(["run", *flags])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("oomtrace: error: ")
@@ -675,7 +678,7 @@ def test_bad_attribution_flags_exit_2_with_one_line(
 
 def test_a_missing_kubeconfig_is_a_usage_error_before_anything_starts(tmp_path: Path) -> None:
     node = FakeNode(tmp_path / "node")
-    with pytest.raises(cli.UsageError, match="no such file"):
+    with pytest.raises(UsageError, match="no such file"):
         daemon_for(node, tmp_path, "--kube", "apiserver", "--kubeconfig", str(tmp_path / "nope"))
 
 
@@ -683,5 +686,5 @@ def test_a_bad_kube_source_from_the_environment_is_a_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OOMTRACE_KUBE", "kubelets")
-    with pytest.raises(cli.UsageError, match="OOMTRACE_KUBE"):
+    with pytest.raises(UsageError, match="OOMTRACE_KUBE"):
         daemon_for(FakeNode(tmp_path / "node"), tmp_path)

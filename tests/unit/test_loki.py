@@ -95,6 +95,7 @@ class Sinks:
         settings.update(overrides)
         self.registry = CollectorRegistry()
         sink = LokiSink(LokiConfig(url=url, **settings), registry=self.registry)
+        sink.start()
         self.made.append(sink)
         return sink
 
@@ -858,9 +859,9 @@ def test_the_cri_line_the_shippers_read_holds_the_event_json_unchanged() -> None
     """What all three pipelines assume: after the CRI prefix, the line is one event object."""
     from io import StringIO
 
-    from tracer.sinks.stdout import EventWriter
+    from tracer.sinks.stdout import StdoutSink
 
     out = StringIO()
-    EventWriter(out).write(make_event(1))
+    StdoutSink(out).write(make_event(1))
     (line,) = out.getvalue().splitlines()
     assert json.loads((CRI_STDOUT + line)[len(CRI_STDOUT) :]) == make_event(1)

@@ -9,14 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from tracer import __version__
 from tracer.http.address import parse_address
+from tracer.http.server import MAX_REQUEST_HEAD_BYTES, HttpServer, start_http_server
 from tracer.schema import MEMCG_OOM, NEAR_OOM, OOM_KILL, blank_event
-from tracer.sinks.metrics import (
-    LABELS,
-    MAX_REQUEST_HEAD_BYTES,
-    HttpServer,
-    Metrics,
-    start_http_server,
-)
+from tracer.sinks.metrics import LABELS, Metrics
 
 POD = {"namespace": "shop", "pod": "cart-7d9f", "container": "app", "vm": ""}
 NO_POD = dict.fromkeys(LABELS, "")
@@ -51,14 +46,14 @@ def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None 
 
 
 def test_memcg_oom_is_counted_for_its_pod(registry: CollectorRegistry, metrics: Metrics) -> None:
-    metrics.observe(event(MEMCG_OOM, **POD))
-    metrics.observe(event(MEMCG_OOM, **POD))
+    metrics.write(event(MEMCG_OOM, **POD))
+    metrics.write(event(MEMCG_OOM, **POD))
     assert value(registry, "oomtrace_memcg_ooms_total", POD) == 2
     assert value(registry, "oomtrace_events_total", {"event": MEMCG_OOM}) == 2
 
 
 def test_oom_kill_is_counted_for_its_pod(registry: CollectorRegistry, metrics: Metrics) -> None:
-    metrics.observe(event(OOM_KILL, **POD))
+    metrics.write(event(OOM_KILL, **POD))
     assert value(registry, "oomtrace_oom_kills_total", POD) == 1
     assert value(registry, "oomtrace_memcg_ooms_total", POD) is None
     assert value(registry, "oomtrace_events_total", {"event": OOM_KILL}) == 1
@@ -67,7 +62,7 @@ def test_oom_kill_is_counted_for_its_pod(registry: CollectorRegistry, metrics: M
 def test_first_near_oom_counts_a_cgroup_entering_near_oom(
     registry: CollectorRegistry, metrics: Metrics
 ) -> None:
-    metrics.observe(near_oom("first", reclaim_calls=1, charge_failures=None))
+    metrics.write(near_oom("first", reclaim_calls=1, charge_failures=None))
     assert value(registry, "oomtrace_near_oom_events_total", POD) == 1
     assert value(registry, "oomtrace_near_oom_reclaims_total", POD) == 1
     # An unknown count is not a zero: the series is not created for it.
@@ -78,8 +73,8 @@ def test_first_near_oom_counts_a_cgroup_entering_near_oom(
 def test_near_oom_summary_adds_its_interval_counts_without_counting_an_entry(
     registry: CollectorRegistry, metrics: Metrics
 ) -> None:
-    metrics.observe(near_oom("first", reclaim_calls=1, charge_failures=1))
-    metrics.observe(
+    metrics.write(near_oom("first", reclaim_calls=1, charge_failures=1))
+    metrics.write(
         near_oom(
             "summary",
             interval_s=1.0,
@@ -107,12 +102,12 @@ def test_near_oom_summary_adds_its_interval_counts_without_counting_an_entry(
 def test_labels_are_empty_when_enrichment_is_unknown(
     registry: CollectorRegistry, metrics: Metrics, tags: dict[str, Any]
 ) -> None:
-    metrics.observe(event(OOM_KILL, **tags))
+    metrics.write(event(OOM_KILL, **tags))
     assert value(registry, "oomtrace_oom_kills_total", NO_POD) == 1
 
 
 def test_labels_come_from_enrichment_keys(registry: CollectorRegistry, metrics: Metrics) -> None:
-    metrics.observe(
+    metrics.write(
         event(OOM_KILL, namespace="kv", pod="virt-launcher-vm1-abcde", container="compute", vm="vm1")
     )
     labels = {"namespace": "kv", "pod": "virt-launcher-vm1-abcde", "container": "compute", "vm": "vm1"}
@@ -122,9 +117,9 @@ def test_labels_come_from_enrichment_keys(registry: CollectorRegistry, metrics: 
 def test_event_counters_never_carry_pids_uids_or_cgroup_ids(
     registry: CollectorRegistry, metrics: Metrics
 ) -> None:
-    metrics.observe(event(MEMCG_OOM, **POD))
-    metrics.observe(event(OOM_KILL, victim_uid=1000, **POD))
-    metrics.observe(
+    metrics.write(event(MEMCG_OOM, **POD))
+    metrics.write(event(OOM_KILL, victim_uid=1000, **POD))
+    metrics.write(
         near_oom("summary", reclaim_calls=1, charge_failures=1, reclaim_time_ns=1, reclaimed_bytes=1)
     )
     for family in registry.collect():
@@ -146,7 +141,7 @@ def test_last_event_timestamp_is_the_time_the_event_was_observed(
     registry: CollectorRegistry, metrics: Metrics
 ) -> None:
     assert value(registry, "oomtrace_last_event_timestamp_seconds") == 0
-    metrics.observe(event(OOM_KILL))
+    metrics.write(event(OOM_KILL))
     assert value(registry, "oomtrace_last_event_timestamp_seconds") == 1700000000.5
 
 
@@ -162,7 +157,7 @@ def test_malformed_event_is_rejected_and_counts_nothing(
     registry: CollectorRegistry, metrics: Metrics, bad: dict[str, Any]
 ) -> None:
     with pytest.raises(ValueError):
-        metrics.observe(bad)
+        metrics.write(bad)
     assert value(registry, "oomtrace_last_event_timestamp_seconds") == 0
     assert value(registry, "oomtrace_near_oom_reclaims_total", POD) is None
     assert all(
@@ -237,7 +232,7 @@ def test_build_info_carries_version_and_kernel(registry: CollectorRegistry, metr
 def test_each_metrics_instance_uses_only_its_own_registry() -> None:
     # Two instances in one process would collide on the global registry.
     first, second = CollectorRegistry(), CollectorRegistry()
-    Metrics(first, kernel="a").observe(event(OOM_KILL))
+    Metrics(first, kernel="a").write(event(OOM_KILL))
     Metrics(second, kernel="b")
     assert value(first, "oomtrace_oom_kills_total", NO_POD) == 1
     assert value(second, "oomtrace_oom_kills_total", NO_POD) is None
@@ -334,7 +329,7 @@ def raw_request(srv: HttpServer, data: bytes) -> bytes:
 
 
 def test_metrics_endpoint_serves_prometheus_text(server: HttpServer, metrics: Metrics) -> None:
-    metrics.observe(event(OOM_KILL, **POD))
+    metrics.write(event(OOM_KILL, **POD))
     metrics.set_probes([("oom_kill", "tracepoint", "oom:mark_victim")])
     status, content_type, body = get(server, "/metrics")
     assert status == 200
@@ -432,7 +427,7 @@ def test_a_vm_event_with_an_overhead_analysis_sets_the_vm_overhead_gauges() -> N
     event = blank_event(OOM_KILL)
     event.update(namespace="default", pod="virt-launcher-vm2-x7k2p", container="compute", vm="default/vm2")
     event["overhead"] = {"non_guest_usage_bytes": 300 << 20, "overhead_budget_bytes": 353 << 20}
-    metrics.observe(event)
+    metrics.write(event)
     labels = {
         "namespace": "default",
         "pod": "virt-launcher-vm2-x7k2p",
@@ -448,7 +443,7 @@ def test_an_event_outside_a_vm_sets_no_vm_overhead_gauge() -> None:
     metrics = Metrics(registry, kernel="test")
     event = blank_event(OOM_KILL)
     event["overhead"] = {"non_guest_usage_bytes": 1, "overhead_budget_bytes": 2}
-    metrics.observe(event)
+    metrics.write(event)
     assert (
         registry.get_sample_value(
             "oomtrace_vm_overhead_budget_bytes", {"namespace": "", "pod": "", "container": "", "vm": ""}

@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 
 from tracer import schema
-from tracer.sinks.stdout import EventWriter, diagnostics
+from tracer.diagnostics import stderr_log
+from tracer.sinks.stdout import StdoutSink
 
 RFC3339_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
@@ -29,7 +30,7 @@ def lines(stream: io.StringIO) -> list[str]:
 def test_one_event_is_exactly_one_json_line_with_every_field(kind: str) -> None:
     out = io.StringIO()
     event = published(kind)
-    EventWriter(out).write(event)
+    StdoutSink(out).write(event)
     (line,) = lines(out)
     assert json.loads(line) == event
 
@@ -37,7 +38,7 @@ def test_one_event_is_exactly_one_json_line_with_every_field(kind: str) -> None:
 @pytest.mark.parametrize("kind", schema.KINDS)
 def test_event_ts_node_and_tier_come_first_then_the_schema_order(kind: str) -> None:
     out = io.StringIO()
-    EventWriter(out).write(published(kind))
+    StdoutSink(out).write(published(kind))
     keys = list(json.loads(lines(out)[0]))
     assert keys[:4] == ["event", "ts", "node", "tier"]
     rest = [k for k in schema.blank_event(kind) if k not in keys[:4]]
@@ -47,13 +48,13 @@ def test_event_ts_node_and_tier_come_first_then_the_schema_order(kind: str) -> N
 def test_key_order_does_not_depend_on_the_order_fields_were_set() -> None:
     out = io.StringIO()
     shuffled = dict(reversed(list(published(schema.OOM_KILL).items())))
-    EventWriter(out).write(shuffled)
+    StdoutSink(out).write(shuffled)
     assert list(json.loads(lines(out)[0]))[:4] == ["event", "ts", "node", "tier"]
 
 
 def test_each_event_is_written_on_its_own_line() -> None:
     out = io.StringIO()
-    writer = EventWriter(out)
+    writer = StdoutSink(out)
     for kind in schema.KINDS:
         writer.write(published(kind, trigger_comm="multi\nline"))
     assert [json.loads(line)["event"] for line in lines(out)] == list(schema.KINDS)
@@ -63,20 +64,20 @@ def test_each_event_is_written_on_its_own_line() -> None:
 def test_write_does_not_change_the_event() -> None:
     event = published(schema.NEAR_OOM)
     before = dict(event)
-    EventWriter(io.StringIO()).write(event)
+    StdoutSink(io.StringIO()).write(event)
     assert event == before
 
 
 def test_unknown_kind_is_a_value_error_and_writes_nothing() -> None:
     out = io.StringIO()
     with pytest.raises(ValueError, match="not an event kind: 'oom'"):
-        EventWriter(out).write({"event": "oom", "ts": None})
+        StdoutSink(out).write({"event": "oom", "ts": None})
     assert out.getvalue() == ""
 
 
 def test_diagnostics_are_json_lines_with_ts_level_and_msg_first() -> None:
     out = io.StringIO()
-    log = diagnostics(out)
+    log = stderr_log(out)
     log.info("probe", probe="oom_kill", tier="fentry")
     log.warning("events lost in the kernel", count=3)
     log.error("undecodable record")
@@ -92,14 +93,14 @@ def test_diagnostics_are_json_lines_with_ts_level_and_msg_first() -> None:
 
 
 def test_diagnostics_never_write_to_the_event_stream(capsys: pytest.CaptureFixture[str]) -> None:
-    diagnostics().info("hello")
+    stderr_log().info("hello")
     captured = capsys.readouterr()
     assert captured.out == ""
     assert json.loads(captured.err)["msg"] == "hello"
 
 
 def test_events_go_to_stdout_by_default(capsys: pytest.CaptureFixture[str]) -> None:
-    EventWriter().write(published(schema.NEAR_OOM))
+    StdoutSink().write(published(schema.NEAR_OOM))
     captured = capsys.readouterr()
     assert json.loads(captured.out)["event"] == "near_oom"
     assert captured.err == ""

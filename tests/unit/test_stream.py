@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tracer.http import server as server_module
+from tracer.http.server import HttpServer, start_http_server
 from tracer.schema import KINDS, MEMCG_OOM, NEAR_OOM, OOM_KILL, blank_event
-from tracer.sinks import metrics as metrics_module
 from tracer.sinks import stream as stream_module
-from tracer.sinks.metrics import HttpServer, start_http_server
 from tracer.sinks.stream import (
     Entry,
     EventFilter,
@@ -612,7 +612,7 @@ def test_a_client_whose_socket_stays_full_is_dropped_as_stalled(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The queue is too long to overflow here: the write timeout is what catches this client.
-    monkeypatch.setattr(metrics_module._Handler, "timeout", 0.5)
+    monkeypatch.setattr(server_module._Handler, "timeout", 0.5)
     hub = hub_with(registry, client_queue=1_000_000, heartbeat_s=60)
     with start_http_server("127.0.0.1:0", registry, lambda: (True, "ok"), hub) as srv:
         stalled = stalled_client(srv.port)
@@ -752,14 +752,14 @@ def test_bad_stream_flag_is_one_line_and_exit_2(args: list[str], env: dict[str, 
 
 
 def test_run_flags_reach_the_daemons_stream_hub() -> None:
-    from tracer.cli import _run_config, build_parser
-    from tracer.daemon import Daemon
+    from tracer.cli.flags import build_parser
+    from tracer.cli.run import build_daemon, run_config
 
     args = build_parser().parse_args(
         ["run", "--stream-replay", "7", "--stream-max-clients", "3", "--stream-client-queue", "9"]
     )
-    daemon = Daemon(_run_config(args))
-    assert daemon.stream is not None and daemon.stream in daemon.sinks
+    daemon = build_daemon(run_config(args), args)
+    assert daemon.stream is not None and daemon.stream in daemon.pipeline.sinks
     assert (daemon.stream.replay, daemon.stream.max_clients, daemon.stream.client_queue) == (7, 3, 9)
     assert value(daemon.registry, "oomtrace_stream_clients") == 0
 

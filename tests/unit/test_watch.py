@@ -21,24 +21,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.unit.test_stream import FIRST, REPO, event, wait_until
-from tracer.cli.watch import (
-    Backoff,
-    Endpoint,
-    Message,
-    Watcher,
-    WatchError,
-    add_arguments,
-    human_bytes,
-    parse_endpoint,
-    render,
-    sse_messages,
-    use_colour,
-    watch,
-    who,
-)
+from tracer.cli.watch import add_arguments, watch
+from tracer.cli.watch.client import Backoff, Endpoint, Watcher, WatchError, parse_endpoint
+from tracer.cli.watch.render import human_bytes, render, use_colour, who
+from tracer.cli.watch.sse import Message, sse_messages
+from tracer.http import events as events_module
+from tracer.http.server import HttpServer, start_http_server
 from tracer.schema import MEMCG_OOM, NEAR_OOM, OOM_KILL
-from tracer.sinks import stream as stream_module
-from tracer.sinks.metrics import HttpServer, start_http_server
 from tracer.sinks.stream import StreamHub
 
 MIB = 1 << 20
@@ -481,7 +470,7 @@ def test_watch_retries_until_the_tracer_comes_up(registry: CollectorRegistry) ->
 def test_watch_refused_at_the_client_limit_waits_as_long_as_the_server_asks(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stream_module, "RETRY_AFTER_S", 1)
+    monkeypatch.setattr(events_module, "RETRY_AFTER_S", 1)
     hub = StreamHub(registry, max_clients=1, first_id=FIRST)
     with serve(registry, hub) as srv:
         other = Running(srv.port)

@@ -5,6 +5,7 @@ events about that cgroup as they arrive (stdout, JSON lines) and a short account
 sequence on stderr, then removes the cgroup.
 """
 
+import argparse
 import json
 import queue
 import subprocess
@@ -13,8 +14,19 @@ import threading
 import time
 from typing import Any
 
+from tracer.cli.run import require_root, run_config
 from tracer.cli.sandbox import PodSandbox
 from tracer.daemon import RunConfig
+from tracer.errors import UsageError
+
+
+def command(args: argparse.Namespace) -> int:
+    require_root()
+    if not 16 <= args.limit_mib <= 512:
+        raise UsageError("--limit-mib must be between 16 and 512")
+    return run_demo(run_config(args, duration=60.0), args.limit_mib)
+
+
 
 
 def _child_args(config: RunConfig) -> list[str]:

@@ -41,3 +41,21 @@ def count_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def power_of_two_pages(text: str) -> int:
+    """Ring-buffer size in pages: the kernel wants a power of two."""
+    value: int = count_at_least(1)(text)
+    if value & (value - 1) or value > 1 << 16:
+        raise argparse.ArgumentTypeError(f"must be a power of two from 1 to 65536: {text!r}")
+    return value
+
+
+def nice_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not -20 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be from -20 to 19: {text!r}")
+    return value

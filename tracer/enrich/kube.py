@@ -771,6 +771,15 @@ class KubeStage:
         self._clock = clock
         self._misses: dict[str, _Miss] = {}
 
+    def start(self) -> None:
+        """Starts the pod source this stage answers from (its list and watch threads)."""
+        if self._source is not None:
+            self._source.start()
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+
     def pod_hint(self, pod_uid: str) -> PodHint | None:
         """For the VM stage: what the pod's labels say about a VM (no waiting)."""
         pod, _ = self.cache.lookup(pod_uid, None)

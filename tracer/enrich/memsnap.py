@@ -243,6 +243,12 @@ class SnapshotStage:
         # memcg path → (its memcg_oom's ktime_ns, the snapshot taken then)
         self._recent: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
 
+    def start(self) -> None:
+        """Nothing runs in the background: the stage reads cgroupfs and /proc per event."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
         try:
             kind = event.get("event")

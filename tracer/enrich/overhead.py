@@ -245,6 +245,12 @@ class OverheadStage:
         self._version_text = f"{version[0]}.{version[1]}"
         self._on_error = on_error
 
+    def start(self) -> None:
+        """Nothing runs in the background: the stage reads cgroupfs and /proc per event."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
         guest = event.get("guest_memory_bytes")
         if not isinstance(guest, int) or event.get("pod_uid") is None:

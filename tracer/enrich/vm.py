@@ -581,6 +581,13 @@ class VmStage:
         self._pod_hint = pod_hint
         self._on_error = on_error
 
+    def start(self) -> None:
+        """Starts the locator's background scan of /proc for new QEMU processes."""
+        self._locator.start()
+
+    def close(self) -> None:
+        self._locator.close()
+
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
         try:
             self._attribute(event)

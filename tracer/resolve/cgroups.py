@@ -7,7 +7,8 @@ recording each directory's inode gives the map, with no privileges beyond readin
 Layouts (detected from files under the given root, so tests can use plain directories):
   v2:     cgroup2 at the root (`cgroup.controllers` there).
   v1:     one directory per controller; memory cgroup ids refer to `memory/`.
-  hybrid: v1 plus cgroup2 at `unified/` (ids from bpf_get_current_cgroup_id() refer to it).
+  hybrid: v1 plus cgroup2 at `unified/` (whose ids, from bpf_get_current_cgroup_id(), are not
+          memory cgroups: the programs read the memory cgroup itself where BTF allows).
 """
 
 import ctypes
@@ -92,15 +93,6 @@ class _Hierarchy:
         found = self._live.get(cgroup_id)
         return found if found is not None else self._removed.get(cgroup_id)
 
-    def remember(self, cgroup_id: int, path: str) -> None:
-        self._removed.pop(cgroup_id, None)
-        self._live[cgroup_id] = path
-
-    def forget(self, cgroup_id: int) -> None:
-        path = self._live.pop(cgroup_id, None)
-        if path is not None:
-            self._keep_removed(cgroup_id, path)
-
     def rescan(self) -> int:
         self._last_walk = self._clock()
         self.walks += 1
@@ -109,7 +101,7 @@ class _Hierarchy:
             if cgroup_id not in fresh:
                 self._keep_removed(cgroup_id, path)
         for cgroup_id in fresh.keys() & self._removed.keys():
-            # The id is back (a reused inode, or a forget() that came too early): the walk wins.
+            # The id is back (a reused inode, or a directory moved back in): the walk wins.
             del self._removed[cgroup_id]
         self._live = fresh
         return len(fresh)
@@ -122,17 +114,16 @@ class _Hierarchy:
 
 
 class CgroupResolver:
-    """Maps cgroup ids to paths relative to their hierarchy root ("/" for the root).
+    """Maps memory cgroup ids to paths relative to their hierarchy root ("/" for the root).
 
-    Lookups come from a cache; a miss walks the hierarchy again, at most once per
-    `min_rescan_interval_s` (misses in between return None). Unknown ids give None,
-    never a wrong path.
+    Lookups come from a cache; a miss asks the kernel for that one id, then walks the
+    hierarchy again, at most once per `min_rescan_interval_s` (misses in between return
+    None). Unknown ids give None, never a wrong path.
 
-    Removed cgroups: an id keeps its last known path (after `forget()` or after a walk
-    no longer finds it) until a walk finds that inode elsewhere, `remember()` gives it
-    another path, or MAX_REMOVED newer removals push it out. On 64-bit kernels a kernfs
-    id is a cyclic 32-bit counter plus a generation in the high bits, so ids are not
-    reused in practice; where ino_t is 32 bits they can be, after the counter wraps.
+    Removed cgroups: an id keeps its last known path after a walk no longer finds it, until
+    a walk finds that inode elsewhere or MAX_REMOVED newer removals push it out. On 64-bit
+    kernels a kernfs id is a cyclic 32-bit counter plus a generation in the high bits, so ids
+    are not reused in practice; where ino_t is 32 bits they can be, after the counter wraps.
 
     Not thread-safe: use it from the thread that handles events.
     """
@@ -145,58 +136,28 @@ class CgroupResolver:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         root = os.fspath(root)
-        unified: str | None = None
         if os.path.isfile(os.path.join(root, "cgroup.controllers")):
             # Checked first: on v2 a cgroup may be named "memory"; that is not a v1 hierarchy.
-            self.layout = "v2"
-            memory = unified = root
+            self.layout, memory = "v2", root
         elif os.path.isdir(os.path.join(root, "memory")):
             memory = os.path.join(root, "memory")
-            candidate = os.path.join(root, "unified")
-            if os.path.isfile(os.path.join(candidate, "cgroup.controllers")):
-                self.layout, unified = "hybrid", candidate
-            else:
-                self.layout = "v1"
+            unified = os.path.isfile(os.path.join(root, "unified", "cgroup.controllers"))
+            self.layout = "hybrid" if unified else "v1"
         elif os.path.isfile(os.path.join(root, "unified", "cgroup.controllers")):
-            # v1 without a memory controller (cgroup_disable=memory): only v2 ids to resolve.
-            self.layout = "hybrid"
-            memory = unified = os.path.join(root, "unified")
+            # v1 without a memory controller (cgroup_disable=memory): the v2 ids are all there is.
+            self.layout, memory = "hybrid", os.path.join(root, "unified")
         else:
             raise ValueError(f"no cgroup hierarchy found at {root!r} (no cgroup.controllers, no memory/)")
         self._memory = _Hierarchy(memory, min_rescan_interval_s, clock)
-        self._unified: _Hierarchy | None = None
-        if unified == memory:
-            self._unified = self._memory
-        elif unified is not None:
-            self._unified = _Hierarchy(unified, min_rescan_interval_s, clock)
 
     @property
     def memory_root(self) -> str:
         """Directory of the hierarchy that memory cgroup ids (memcg ids) refer to."""
         return self._memory.root
 
-    @property
-    def unified_root(self) -> str | None:
-        """Directory of the v2 hierarchy, or None on a v1-only host."""
-        return self._unified.root if self._unified is not None else None
-
     def path(self, cgroup_id: int) -> str | None:
         """Path of a memory cgroup id, e.g. from a struct mem_cgroup's css.cgroup->kn->id."""
         return self._memory.path(cgroup_id)
-
-    def unified_path(self, cgroup_id: int) -> str | None:
-        """Path of a v2 cgroup id (bpf_get_current_cgroup_id()); None without a v2 hierarchy."""
-        if self._unified is None:
-            return None
-        return self._unified.path(cgroup_id)
-
-    def remember(self, cgroup_id: int, path: str) -> None:
-        """Record a memory cgroup learnt of elsewhere (e.g. a mkdir seen by a probe)."""
-        self._memory.remember(cgroup_id, path)
-
-    def forget(self, cgroup_id: int) -> None:
-        """Mark a memory cgroup removed; its path stays resolvable (see the class doc)."""
-        self._memory.forget(cgroup_id)
 
     def rescan(self) -> int:
         """Walk the memory hierarchy now, ignoring the rate limit; returns cgroups found."""
@@ -204,7 +165,7 @@ class CgroupResolver:
 
     @property
     def walks(self) -> int:
-        """Walks of the memory hierarchy so far (for tests and self-metrics)."""
+        """Walks of the memory hierarchy so far: what the rate limit bounds."""
         return self._memory.walks
 
 

@@ -1,15 +1,14 @@
-"""Kernel ids → cgroup paths → tags: turns a decoded event into the published schema.
+"""The first stage of the pipeline: kernel cgroup ids → cgroup paths → tags, plus node and time.
 
 Runs per event, so it never walks the filesystem itself: the resolver answers from its
 cache and rescans at most once a second on a miss.
 """
 
-import time
 from typing import Any, Protocol
 
 from tracer import schema
 from tracer.resolve.tags import tags_for_path
-from tracer.timefmt import rfc3339_ns
+from tracer.timefmt import WallClock
 
 # (id field in the decoded event, path field in the schema), per kind; the first pair names
 # the cgroup the event's tags describe.
@@ -29,28 +28,23 @@ _INTERNAL_IDS = ("trigger_memcg_id",)
 class PathResolver(Protocol):
     def path(self, cgroup_id: int) -> str | None: ...
 
-
-class WallClock:
-    """CLOCK_MONOTONIC (bpf_ktime_get_ns) → RFC 3339 UTC, re-anchored on each refresh so
-    a stepped wall clock is followed."""
-
-    def __init__(self) -> None:
-        self.refresh()
-
-    def refresh(self) -> None:
-        self._offset_ns = time.time_ns() - time.monotonic_ns()
-
-    def rfc3339(self, ktime_ns: int) -> str:
-        return rfc3339_ns(ktime_ns + self._offset_ns)
+    def rescan(self) -> int: ...
 
 
-class Enricher:
+class ResolveStage:
     def __init__(self, resolver: PathResolver, node: str, clock: WallClock) -> None:
         self._resolver = resolver
         self._node = node
         self._clock = clock
 
-    def enrich(self, event: dict[str, Any]) -> dict[str, Any]:
+    def start(self) -> None:
+        """One walk of the hierarchy before the first event, so existing cgroups resolve at once."""
+        self._resolver.rescan()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
         """Adds node, ts, cgroup paths and tags. Paths already present (kmsg) are kept."""
         event["node"] = self._node
         if event.get("ktime_ns") is not None and event.get("ts") is None:

@@ -377,6 +377,9 @@ class LokiSink:
             self._requests.labels(result)
 
         self._thread = threading.Thread(target=self._run, name="oomtrace-loki", daemon=True)
+
+    def start(self) -> None:
+        """Starts the sender thread: events written before it are kept in the buffer."""
         self._thread.start()
 
     # -- producer side (the event loop) --
@@ -617,6 +620,8 @@ class LokiSink:
                 self._closing = True
                 self._close_deadline = self._clock() + self.config.close_timeout_s
                 self._cond.notify_all()
+        if self._thread.ident is None:  # closed without start(): the thread still delivers what is buffered
+            self._thread.start()
         self._thread.join(self.config.close_timeout_s + 0.2)
         if self._thread.is_alive():
             # Stuck in a request past the deadline: cut its socket so the thread ends.

@@ -1,4 +1,5 @@
-"""JSON lines via structlog: events on stdout (the product), diagnostics on stderr."""
+"""The stdout sink: one JSON object per event, via structlog (the product; diagnostics go to stderr,
+tracer/diagnostics.py)."""
 
 import sys
 from collections.abc import MutableMapping
@@ -7,7 +8,6 @@ from typing import Any, TextIO
 import structlog
 
 from tracer import schema
-from tracer.timefmt import now_rfc3339
 
 _FIRST_KEYS = ("event", "ts", "node", "tier")
 
@@ -19,12 +19,7 @@ def _schema_order(_logger: Any, _method: str, event_dict: MutableMapping[str, An
     return ordered
 
 
-def _diagnostic_fields(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
-    message = event_dict.pop("event")
-    return {"ts": now_rfc3339(), "level": method, "msg": message, **event_dict}
-
-
-class EventWriter:
+class StdoutSink:
     """One JSON object per line, flushed per event (structlog's PrintLogger flushes)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
@@ -40,10 +35,8 @@ class EventWriter:
             raise ValueError(f"not an event kind: {kind!r}")
         self._log.msg(kind, **fields)
 
+    def start(self) -> None:
+        """Nothing to start: stdout is open."""
 
-def diagnostics(stream: TextIO | None = None) -> Any:
-    """The tracer's own log (probe tiers chosen, errors), kept off the event stream."""
-    return structlog.wrap_logger(
-        structlog.PrintLogger(stream or sys.stderr),
-        processors=[_diagnostic_fields, structlog.processors.JSONRenderer()],
-    )
+    def close(self) -> None:
+        """Nothing to close: the stream belongs to the caller (sys.stdout by default)."""

@@ -1,4 +1,4 @@
-"""The kernel's own OOM report, read from /dev/kmsg and parsed into events.
+"""The kernel's own OOM report, parsed line by line into memcg_oom and oom_kill events.
 
 Three uses: the oracle the kernel tests compare BPF events against, the
 `--source kmsg` fallback, and the baseline the benchmarks measure against.
@@ -6,19 +6,11 @@ Wording covered: kernels 5.4 to 6.18 (mm/oom_kill.c, mm/memcontrol.c,
 lib/dump_stack.c).
 """
 
-import errno
-import os
 import re
-import secrets
-import select
-import time
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from tracer.schema import CONSTRAINTS, KMSG, MEMCG_OOM, OOM_KILL, blank_event
-
-DEFAULT_PATH: Final = "/dev/kmsg"
 
 # Digit runs are bounded: int() refuses strings over 4300 digits, and no kernel
 # counter printed here has more than 20.
@@ -84,23 +76,6 @@ KILLED_LINE_FIELDS: Final = (
 # Longer than any real oom-kill: line (two cgroup paths of at most 4 KiB each).
 _MAX_SUMMARY: Final = 16384
 _NO_VICTIM: Final = "Out of memory and no killable processes..."
-
-
-# /dev/kmsg: "prio_facility,seq,timestamp_usec,flags[,more];message"
-_RECORD_RE: Final = re.compile(
-    rb"([0-9]{1,10}),([0-9]{1,20}),([0-9]{1,20}),[^,;]*(?:,[^;]*)?;(.*)", re.DOTALL
-)
-# The kernel writes every byte < 0x20, >= 0x7f and "\" as \xNN, so this is lossless.
-_ESCAPE_RE: Final = re.compile(rb"\\x([0-9a-fA-F]{2})")
-
-# Larger than any record (PRINTK_MESSAGE_MAX is 2 KiB, 8 KiB on old kernels):
-# /dev/kmsg answers EINVAL rather than truncate a record to a short buffer.
-_READ_SIZE: Final = 16384
-
-# LOG_USER | LOG_DEBUG: marks the line as not the kernel's and keeps it off consoles.
-_CALIBRATION_PRIO: Final = 15
-_CALIBRATION_TRIES: Final = 3
-_CALIBRATION_TIMEOUT_NS: Final = 1_000_000_000
 
 
 # The pr_cont() parts that follow the first part of an oom-kill: line (mm/oom_kill.c
@@ -365,141 +340,3 @@ class OomReportParser:
             trigger_comm=report.trigger_comm,
         )
         return event
-
-
-def _unescape(match: re.Match[bytes]) -> bytes:
-    return bytes((int(match[1], 16),))
-
-
-def parse_kmsg_record(raw: bytes) -> tuple[int, int, str] | None:
-    """(seq, timestamp_ns, message) of one /dev/kmsg record, or None if it is not one.
-
-    Continuation lines (" KEY=value" device properties) are dropped.
-    """
-    m = _RECORD_RE.fullmatch(raw.split(b"\n", 1)[0])
-    if m is None:
-        return None
-    message = _ESCAPE_RE.sub(_unescape, m[4]).decode("utf-8", errors="replace")
-    return int(m[2]), int(m[3]) * 1000, message
-
-
-class KmsgReader:
-    """Non-blocking reader of /dev/kmsg records.
-
-    Starts at the end of the log unless `from_start`. `path` may also name a
-    regular file or a FIFO holding records one per line, as tests do.
-    """
-
-    def __init__(self, path: str = DEFAULT_PATH, *, from_start: bool = False) -> None:
-        self.path = path
-        # Records the kernel overwrote before we read them (seq gaps and EPIPE).
-        self.lost_records = 0
-        self._last_seq: int | None = None
-        self._overrun = False
-        self._tail = b""
-        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        if not from_start:
-            try:
-                os.lseek(self._fd, 0, os.SEEK_END)
-            except OSError as exc:
-                if exc.errno != errno.ESPIPE:  # a FIFO has no history to skip
-                    os.close(self._fd)
-                    raise
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def read_available(self) -> list[tuple[int, int, str]]:
-        """Every record readable now, without blocking."""
-        records: list[tuple[int, int, str]] = []
-        while True:
-            try:
-                chunk = os.read(self._fd, _READ_SIZE)
-            except BlockingIOError:
-                break
-            except BrokenPipeError:
-                # The ring buffer wrapped past our position; the next read resumes
-                # at the oldest record left.
-                self._overrun = True
-                continue
-            if not chunk:
-                break
-            self._take(chunk, records)
-        return records
-
-    def _take(self, chunk: bytes, records: list[tuple[int, int, str]]) -> None:
-        # /dev/kmsg returns one whole record per read(); a file or FIFO returns any
-        # slice of the stream, so split on newlines (records escape their own).
-        *lines, self._tail = (self._tail + chunk).split(b"\n")
-        for line in lines:
-            if line.startswith(b" "):
-                continue  # a record's KEY=value continuation line
-            record = parse_kmsg_record(line)
-            if record is None:
-                continue
-            self._count_lost(record[0])
-            records.append(record)
-
-    def _count_lost(self, seq: int) -> None:
-        if self._last_seq is not None and seq > self._last_seq + 1:
-            self.lost_records += seq - self._last_seq - 1
-        elif self._overrun and self._last_seq is None:
-            self.lost_records += 1  # at least one; nothing says how many
-        self._overrun = False
-        self._last_seq = seq
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _await_marker(reader: KmsgReader, marker: str, deadline_ns: int) -> int:
-    poller = select.poll()
-    poller.register(reader.fileno(), select.POLLIN)
-    while (left_ns := deadline_ns - time.monotonic_ns()) > 0:
-        for _seq, ts_ns, message in reader.read_available():
-            if message == marker:
-                return ts_ns
-        poller.poll(max(1, left_ns // 1_000_000))
-    raise TimeoutError(f"calibration marker never appeared in {reader.path} (is kernel.printk_devkmsg off?)")
-
-
-def printk_offset_ns(path: str = DEFAULT_PATH) -> int:
-    """The printk clock minus CLOCK_MONOTONIC, in ns. Needs root.
-
-    /dev/kmsg stamps records with local_clock(), BPF with CLOCK_MONOTONIC: the two
-    drift apart by milliseconds, a thousand times the effects being measured.
-    """
-    best: tuple[int, int] | None = None  # (bracket_ns, offset_ns)
-    # A fresh writer per call: the kernel rate-limits writes per open file (10 per 5 s).
-    with KmsgReader(path) as reader:
-        writer = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            for _ in range(_CALIBRATION_TRIES):
-                marker = f"oomtrace: clock-calibration {secrets.token_hex(8)}"
-                line = f"<{_CALIBRATION_PRIO}>{marker}\n".encode()
-                # The kernel stamps the record inside write(), so the bracket closes
-                # when write() returns, not when the record is read back.
-                before = time.monotonic_ns()
-                os.write(writer, line)
-                after = time.monotonic_ns()
-                stamp_ns = _await_marker(reader, marker, after + _CALIBRATION_TIMEOUT_NS)
-                offset = stamp_ns - (before + after) // 2
-                if best is None or after - before < best[0]:
-                    best = (after - before, offset)
-        finally:
-            os.close(writer)
-    assert best is not None
-    return best[1]
