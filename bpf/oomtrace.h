@@ -35,7 +35,7 @@ enum oomtrace_kind {
 
 struct oomtrace_event {
 	__u32 kind;		/* enum oomtrace_kind */
-	__u32 tier;		/* enum oomtrace_tier of the probe that produced it */
+	__u32 tier;		/* OOMTRACE_TIER_* of the probe that produced it */
 	__u64 ktime_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u64 known;		/* KNOWN_* bits */
 	/* The task running when the probe fired: the one whose charge failed or that

@@ -41,8 +41,6 @@ MIN_RATIO: Final = 1.0
 MAX_RATIO: Final = 10.0
 # The recommendation leaves this much headroom over what the non-guest part used.
 HEADROOM: Final = 0.10
-# Harvester's default harvesterhci.io/reservedMemory.
-HARVESTER_DEFAULT_RESERVED_BYTES: Final = 100 * MIB
 
 _VERSION: Final = re.compile(
     r"v?([0-9]{1,3})\.([0-9]{1,3})(?:\.[0-9]{1,4})?(?:[-+][0-9A-Za-z.-]+)?", re.ASCII

@@ -44,7 +44,6 @@ VIRTQEMUD: Final = "virtqemud"
 LIBVIRTD: Final = "libvirtd"
 VIRTLOGD: Final = "virtlogd"
 OTHER: Final = "other"
-ROLES: Final = (QEMU, VCPU, VIRT_LAUNCHER, VIRT_LAUNCHER_MONITOR, VIRTQEMUD, LIBVIRTD, VIRTLOGD, OTHER)
 
 # The kernel keeps 15 characters of a task's name (TASK_COMM_LEN 16 with the NUL), so
 # "virt-launcher-monitor" is "virt-launcher-m" and "qemu-system-x86_64" is "qemu-system-x86".
