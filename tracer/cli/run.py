@@ -16,7 +16,7 @@ from tracer.resolve.cgroups import CgroupResolver
 from tracer.resolve.stage import ResolveStage
 from tracer.sinks.metrics import Metrics
 from tracer.sinks.stdout import StdoutSink
-from tracer.sinks.stream import StreamHub
+from tracer.sinks.stream import DEFAULT_CLIENT_QUEUE, DEFAULT_MAX_CLIENTS, DEFAULT_REPLAY, StreamHub
 from tracer.sources.bpf import BpfConfig, BpfSource, Load, load_with_bcc
 from tracer.sources.kmsg.source import KmsgSource
 from tracer.timefmt import WallClock
@@ -35,10 +35,10 @@ def run_config(args: argparse.Namespace, duration: float | None = None) -> RunCo
         cgroup_root=args.cgroup_root,
         headers_cache=args.headers_cache,
         duration_s=duration if duration is not None else (float(args.duration) if args.duration else None),
-        stream_replay=getattr(args, "stream_replay", 1000),
-        stream_max_clients=getattr(args, "stream_max_clients", 16),
-        stream_client_queue=getattr(args, "stream_client_queue", 1000),
-        ringbuf_pages=getattr(args, "ringbuf_pages", 64),
+        stream_replay=getattr(args, "stream_replay", DEFAULT_REPLAY),
+        stream_max_clients=getattr(args, "stream_max_clients", DEFAULT_MAX_CLIENTS),
+        stream_client_queue=getattr(args, "stream_client_queue", DEFAULT_CLIENT_QUEUE),
+        ringbuf_pages=getattr(args, "ringbuf_pages", RunConfig.ringbuf_pages),
     )
 
 
