@@ -19,7 +19,7 @@ kernels:
 
 # Rewrite docs/kernel-matrix.md from the last results, without booting anything.
 kernel-matrix-doc:
-	$(PYTHON) tests/vm/matrix.py --report-only
+	$(PYTHON) -m tools.kernel_matrix_report
 
 comma := ,
 

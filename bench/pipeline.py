@@ -35,6 +35,7 @@ from typing import Any
 from bench.harness import REPO, ProcessUsage, distribution, ms
 from tracer import decode, schema
 from tracer.kernel import probes
+from tracer.kernel.tiers import Plan
 
 RECORD = ctypes.sizeof(decode.OomtraceEvent)
 RINGBUF_BYTES = 64 * 4096  # the tracer's default ring buffer: 64 pages
@@ -94,7 +95,7 @@ def produce(fd: int, stats: Path, rate: float, duration_s: float, ids: list[int]
 class ReplayTracer:
     """A tracer.sources.bpf.Tracer: the pipe is the ring buffer, the map is simulated."""
 
-    def __init__(self, plan: probes.Plan, fd: int, stats: Path, ids: list[int], on_record: Any) -> None:
+    def __init__(self, plan: Plan, fd: int, stats: Path, ids: list[int], on_record: Any) -> None:
         # charge_failure counted (as on fentry/kprobe kernels), so the summaries carry it.
         charge = replace(plan.choice(probes.CHARGE_FAILURE), tier=schema.FENTRY, target="try_charge_memcg")
         self.plan = replace(
@@ -162,7 +163,7 @@ def consume(fd: int, stats: Path, ids: list[int], attribution: bool, run_args: l
     from tracer.cli.run import build_daemon, run_config
 
     def load(
-        plan: probes.Plan, _features: Any, _constants: Any, _headers: Any, on_record: Any, *_a: Any, **_k: Any
+        plan: Plan, _features: Any, _constants: Any, _headers: Any, on_record: Any, *_a: Any, **_k: Any
     ) -> ReplayTracer:
         return ReplayTracer(plan, fd, stats, ids, on_record)
 

@@ -1,6 +1,7 @@
 /* The one contract between oomtrace's BPF programs and its user space (tracer/decode.py).
  * Fixed-width fields, explicit padding, kind first. A kernel test checks that the Python
- * mirror has the same size and offsets. */
+ * mirror has the same size and offsets (tests/kernel/test_layout.py); a unit test, that the
+ * codes and constants here are the ones user space uses (tests/unit/test_bpf_header.py). */
 #ifndef OOMTRACE_H
 #define OOMTRACE_H
 

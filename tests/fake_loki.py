@@ -5,7 +5,7 @@ speaks the shapes Loki documents for `POST /loki/api/v1/push` (grafana/loki docs
 "Push log entries to Loki", and pkg/push/push.proto):
 
 - `Content-Type: application/x-protobuf`: a snappy *block*-compressed `logproto.PushRequest`.
-  It is decoded here independently of tracer/sinks/loki.py's encoder: snappy by the small decoder
+  It is decoded here independently of tracer/sinks/loki/encoding.py: snappy by the small decoder
   below (written from the format description, google/snappy format_description.txt), the
   protobuf by the `protobuf` package from descriptors built from push.proto's field numbers.
 - `Content-Type: application/json`: `{"streams": [{"stream": {...}, "values": [["<ns>", "<line>"]]}]}`.

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from tracer.kernel.source import DEFAULT_RINGBUF_PAGES
 from tracer.pipeline import Pipeline
 from tracer.sinks.stream import DEFAULT_CLIENT_QUEUE, DEFAULT_MAX_CLIENTS, DEFAULT_REPLAY, StreamHub
 from tracer.timefmt import WallClock
@@ -38,7 +39,7 @@ class RunConfig:
     stream_replay: int = DEFAULT_REPLAY  # events kept for /events clients that resume
     stream_max_clients: int = DEFAULT_MAX_CLIENTS
     stream_client_queue: int = DEFAULT_CLIENT_QUEUE  # events queued per /events client before it is dropped
-    ringbuf_pages: int = 64  # size of the events ring buffer (a power of two); smaller only in tests
+    ringbuf_pages: int = DEFAULT_RINGBUF_PAGES  # smaller only in tests
 
 
 def default_node_name() -> str:

@@ -1,7 +1,7 @@
 """The event schema and its vocabulary, shared by every source (BPF tiers and the kernel-log
 parser), every stage and every sink: the one home of event kinds, probe tiers, loss reasons and
 constraint names. bpf/oomtrace.h numbers the kinds, tiers and kernel loss reasons; a test checks
-that its constants equal the codes here (tests/unit/test_layout.py).
+that its constants equal the codes here (tests/unit/test_bpf_header.py).
 
 An event is a plain dict with stable keys. Every key listed for a kind is always
 present; a value the source cannot know is None, never a guess.

@@ -6,9 +6,9 @@
   `factor`. With the default 60 a minute becomes a second: `for: 10m` → `for: 10s`,
   `rate(x[5m])` → `rate(x[5s])`. Names, labels, thresholds and annotations are untouched, so
   the alerts fire on the same data shapes and render the same text.
-- `manifest_text()`: deploy/prometheus-rule.yaml (a prometheus-operator PrometheusRule),
-  generated from the plain rule file with its comments kept:
-  `python -m tests.alerting.rules --write-manifest`.
+
+deploy/prometheus-rule.yaml (the PrometheusRule manifest) is written from the same file by
+`python -m tools.alert_manifest`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from tracer.sinks.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO / "deploy/prometheus-rules.yaml"
-MANIFEST_FILE = REPO / "deploy/prometheus-rule.yaml"
 TESTS_DIR = Path(__file__).resolve().parent
 
 # Metrics the rules and the dashboard read that another part of oomtrace is still to export
@@ -43,24 +42,6 @@ _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d|w|y)")
 _RANGE = re.compile(r"\[\s*(" + _DURATION.pattern + r")\s*(?::\s*(" + _DURATION.pattern + r")?\s*)?\]")
 _OFFSET = re.compile(r"\boffset\s+(-?)(" + _DURATION.pattern + r")")
 
-MANIFEST_HEADER = """\
-# Generated from deploy/prometheus-rules.yaml by `python -m tests.alerting.rules --write-manifest`:
-# edit that file, not this one (tests/unit/test_alert_rules.py checks they agree).
-#
-# prometheus-operator loads a PrometheusRule only if its labels match the Prometheus object's
-# ruleSelector (kube-prometheus-stack: `release: <helm release>` unless
-# ruleSelectorNilUsesHelmValues=false) and its namespace matches ruleNamespaceSelector.
-apiVersion: monitoring.coreos.com/v1
-kind: PrometheusRule
-metadata:
-  name: oomtrace
-  namespace: {namespace}
-  labels:
-    app.kubernetes.io/name: oomtrace
-    app.kubernetes.io/component: alerting
-spec:
-"""
-MANIFEST_NAMESPACE = "oomtrace"
 
 
 def duration_ms(text: str) -> int:
@@ -132,15 +113,6 @@ def scaled_rules(factor: int = TIME_SCALE, doc: dict[str, Any] | None = None) ->
     return out
 
 
-def manifest_text(rules_text: str | None = None) -> str:
-    """The PrometheusRule manifest: the rule file below `spec:`, its header comment left out."""
-    text = rules_text if rules_text is not None else RULES_FILE.read_text()
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("groups:"))
-    body = "\n".join(("  " + line) if line.strip() else "" for line in lines[start:])
-    return MANIFEST_HEADER.format(namespace=MANIFEST_NAMESPACE) + body + "\n"
-
-
 def exported_metric_names() -> set[str]:
     """Every metric name tracer.sinks.metrics.Metrics exports (counters with their _total)."""
     registry = CollectorRegistry()
@@ -155,19 +127,14 @@ def exported_metric_names() -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.alerting.rules")
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write-manifest", action="store_true", help=f"regenerate {MANIFEST_FILE.name}")
-    action.add_argument(
-        "--scaled", type=int, metavar="FACTOR", help="print the rules with every duration divided by FACTOR"
-    )
+    parser.add_argument(
+        "--scaled", type=int, metavar="FACTOR", required=True,
+        help="print the rules with every duration divided by FACTOR",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.write_manifest:
-        MANIFEST_FILE.write_text(manifest_text())
-        print(f"wrote {MANIFEST_FILE.relative_to(REPO)}")
-    else:
-        if args.scaled < 1:
-            parser.error("FACTOR must be >= 1")
-        sys.stdout.write(yaml.safe_dump(scaled_rules(args.scaled), sort_keys=False, width=1000))
+    if args.scaled < 1:
+        parser.error("FACTOR must be >= 1")
+    sys.stdout.write(yaml.safe_dump(scaled_rules(args.scaled), sort_keys=False, width=1000))
     return 0
 
 

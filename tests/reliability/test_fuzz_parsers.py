@@ -1,7 +1,7 @@
 """Fuzzing every parser of outside input: no exception escapes, and garbage never yields a wrong tag.
 
 Outside input: cgroup paths (tracer/resolve/tags.py), kernel-log lines (tracer/sources/kmsg/),
-QEMU command lines (tracer/enrich/vm.py), Kubernetes JSON (tracer/enrich/kube.py), configuration
+QEMU command lines (tracer/enrich/vm/qemu.py), Kubernetes JSON (tracer/enrich/kube/pods.py), configuration
 from flags and the environment (tracer/cli/flags.py, tracer/cli/run.py), and what HTTP clients
 send (listen addresses, /events queries).
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tracer.kernel import btf as B
-from tracer.kernel.probes import KernelFeatures
+from tracer.kernel.features import KernelFeatures
 
 BTF_INT_SIGNED = 1
 
@@ -25,7 +25,7 @@ class BtfBuilder:
         self._strings = bytearray(b"\0")
         self._offsets: dict[str, int] = {"": 0}
 
-    def _str(self, name: str) -> int:
+    def optional_str(self, name: str) -> int:
         if name not in self._offsets:
             self._offsets[name] = len(self._strings)
             self._strings += name.encode() + b"\0"
@@ -35,7 +35,7 @@ class BtfBuilder:
         self, name: str, kind: int, vlen: int, size_or_type: int, extra: bytes = b"", kind_flag: bool = False
     ) -> int:
         info = (int(kind_flag) << 31) | (kind << 24) | vlen
-        self._types.append(struct.pack("<III", self._str(name), info, size_or_type) + extra)
+        self._types.append(struct.pack("<III", self.optional_str(name), info, size_or_type) + extra)
         return len(self._types)
 
     def int_(self, name: str, size: int, signed: bool = False) -> int:
@@ -69,10 +69,10 @@ class BtfBuilder:
         if bitfields:
             items = [(n, t, off * 8, 0) for n, t, off in members] + list(bitfields)
             for m_name, m_type, bit_off, bits in items:
-                extra += struct.pack("<III", self._str(m_name), m_type, (bits << 24) | bit_off)
+                extra += struct.pack("<III", self.optional_str(m_name), m_type, (bits << 24) | bit_off)
             return self._add(name, kind, len(items), size, extra, kind_flag=True)
         for m_name, m_type, off in members:
-            extra += struct.pack("<III", self._str(m_name), m_type, off * 8)
+            extra += struct.pack("<III", self.optional_str(m_name), m_type, off * 8)
         return self._add(name, kind, len(members), size, extra)
 
     def union(self, name: str, size: int, members: Sequence[tuple[str, int, int]]) -> int:
@@ -80,16 +80,16 @@ class BtfBuilder:
 
     def enum(self, name: str, values: Iterable[tuple[str, int]], size: int = 4) -> int:
         items = list(values)
-        extra = b"".join(struct.pack("<Ii", self._str(n), v) for n, v in items)
+        extra = b"".join(struct.pack("<Ii", self.optional_str(n), v) for n, v in items)
         return self._add(name, B.ENUM, len(items), size, extra)
 
     def enum64(self, name: str, values: Iterable[tuple[str, int]]) -> int:
         items = list(values)
-        extra = b"".join(struct.pack("<III", self._str(n), v & 0xFFFFFFFF, v >> 32) for n, v in items)
+        extra = b"".join(struct.pack("<III", self.optional_str(n), v & 0xFFFFFFFF, v >> 32) for n, v in items)
         return self._add(name, B.ENUM64, len(items), 8, extra)
 
     def func_proto(self, return_type: int, params: Sequence[tuple[str, int]]) -> int:
-        extra = b"".join(struct.pack("<II", self._str(n), t) for n, t in params)
+        extra = b"".join(struct.pack("<II", self.optional_str(n), t) for n, t in params)
         return self._add("", B.FUNC_PROTO, len(params), return_type, extra)
 
     def func(self, name: str, proto: int) -> int:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.alerting import rules as R
+from tools import alert_manifest
 
 TEST_FILES = sorted(R.TESTS_DIR.glob("*.test.yaml"))
 DOCS = R.REPO / "docs/alerting.md"
@@ -106,8 +107,8 @@ def test_a_wrong_expectation_makes_promtool_fail(tmp_path: Path) -> None:
 
 
 def test_the_prometheus_rule_manifest_is_the_rule_file_generated_into_a_prometheus_rule() -> None:
-    manifest_text = R.MANIFEST_FILE.read_text()
-    assert manifest_text == R.manifest_text(), "run: python -m tests.alerting.rules --write-manifest"
+    manifest_text = alert_manifest.MANIFEST_FILE.read_text()
+    assert manifest_text == alert_manifest.manifest_text(), "run: python -m tools.alert_manifest"
     manifest = yaml.safe_load(manifest_text)
     assert manifest["apiVersion"] == "monitoring.coreos.com/v1"
     assert manifest["kind"] == "PrometheusRule"

@@ -20,8 +20,10 @@ from tracer import schema
 from tracer.kernel import probes
 from tracer.kernel import source as bpf_source
 from tracer.kernel.btf import Btf
+from tracer.kernel.features import KernelFeatures
 from tracer.kernel.offsets import kernel_constants
-from tracer.kernel.probes import PROBES, KernelFeatures, Plan, plan
+from tracer.kernel.probes import PROBES
+from tracer.kernel.tiers import Plan, plan
 
 RSS_FIELDS = frozenset({"pid", "comm", "total_vm", "anon_rss", "file_rss", "shmem_rss", "uid", "pgtables"})
 CONSTANTS = kernel_constants(Btf(kernel_btf()))
@@ -67,10 +69,10 @@ TRACEPOINTS_ONLY: dict[str, Any] = {**NO_FENTRY, "kprobes": False}
 
 def build(
     f: KernelFeatures, p: Plan | None = None, quiet_s: float = 10.0, constants: dict[str, int] = CONSTANTS
-) -> tuple[Plan, dict[str, int], str]:
+) -> tuple[Plan, dict[str, int | str], str]:
     p = p or plan(f)
     values = bpf_source.defines(p, f, constants if p.btf else {}, quiet_s)
-    return p, values, bpf_source.source(p, values)
+    return p, values, bpf_source.source(values)
 
 
 # ---- defines ----
@@ -94,15 +96,6 @@ def test_tracepoint_tier_is_3_and_unavailable_is_0() -> None:
     _, values, _ = build(features(**TRACEPOINTS_ONLY))
     assert values["OOM_KILL_TIER"] == values["NEAR_OOM_TIER"] == 3
     assert values["MEMCG_OOM_TIER"] == values["OOM_CONTEXT_TIER"] == values["CHARGE_FAILURE_TIER"] == 0
-
-
-def test_tier_values_match_the_oomtrace_tier_macros_in_the_header() -> None:
-    header = (bpf_source.BPF_DIR / "oomtrace.h").read_text()
-    declared = dict(re.findall(r"#define OOMTRACE_TIER_(\w+) (\d+)", header))
-    assert {k.lower(): int(v) for k, v in declared.items()} == {"fentry": 1, "kprobe": 2, "tracepoint": 3}
-    assert bpf_source._TIER_VALUES[schema.FENTRY] == 1
-    assert bpf_source._TIER_VALUES[schema.KPROBE] == 2
-    assert bpf_source._TIER_VALUES[schema.TRACEPOINT] == 3
 
 
 @pytest.mark.parametrize(
@@ -154,23 +147,29 @@ def test_feature_flags_and_sizes_become_defines() -> None:
 
 def test_source_defines_every_value_sorted_before_the_programs() -> None:
     _, values, text = build(features())
-    defines = re.findall(r"^#define (\w+) (-?\d+)$", text.split("/* ---- bpf/")[0], re.MULTILINE)
+    defines = re.findall(r"^#define (\w+) (\S+)$", text.split("/* ---- bpf/")[0], re.MULTILINE)
     assert defines == sorted((k, str(v)) for k, v in values.items())
 
 
-def test_source_includes_every_file_of_bpf_in_order() -> None:
-    _, _, text = build(features())
+def test_every_file_of_bpf_is_the_entry_file_or_one_of_its_parts() -> None:
     on_disk = {p.name for p in bpf_source.BPF_DIR.iterdir() if p.suffix in (".h", ".c")}
-    assert set(bpf_source.SOURCES) == on_disk
-    positions = [text.index(f"/* ---- bpf/{name} ---- */") for name in bpf_source.SOURCES]
+    compiled = [bpf_source.ENTRY, *bpf_source.parts()]
+    assert sorted(compiled) == sorted(on_disk)  # each once, none left out
+
+
+def test_source_is_the_entry_file_with_each_part_in_place_of_its_include() -> None:
+    _, _, text = build(features())
+    assert not re.search(r'^#include "', text, re.MULTILINE)
+    positions = [
+        text.index(f"/* ---- bpf/{name} ---- */") for name in [bpf_source.ENTRY, *bpf_source.parts()]
+    ]
     assert positions == sorted(positions)
-    for name in bpf_source.SOURCES:
-        body = (bpf_source.BPF_DIR / name).read_text().replace("__CHARGE_FN__", "try_charge_memcg")
-        assert body in text
+    for name in bpf_source.parts():
+        assert (bpf_source.BPF_DIR / name).read_text() in text
 
 
 def test_header_comes_first_since_the_programs_use_its_struct() -> None:
-    assert bpf_source.SOURCES[0] == "oomtrace.h"
+    assert bpf_source.parts()[0] == "oomtrace.h"
 
 
 @pytest.mark.parametrize(
@@ -188,27 +187,26 @@ def test_header_comes_first_since_the_programs_use_its_struct() -> None:
         ),
     ],
 )
-def test_charge_function_placeholder_becomes_the_plans_target(
+def test_charge_function_macro_is_the_plans_target(
     symbols: frozenset[str], tier_overrides: dict[str, Any], fn: str
 ) -> None:
-    _, _, text = build(features(symbols=symbols, **tier_overrides))
-    assert "__CHARGE_FN__" not in text
-    if not tier_overrides:
-        assert f"KRETFUNC_PROBE({fn}," in text
+    _, values, text = build(features(symbols=symbols, **tier_overrides))
+    assert values["CHARGE_FAILURE_FN"] == fn
+    assert f"#define CHARGE_FAILURE_FN {fn}\n" in text
 
 
-def test_charge_function_placeholder_is_replaced_even_when_the_probe_is_unavailable() -> None:
-    p, _, text = build(features(**TRACEPOINTS_ONLY))
-    assert p.tier(probes.CHARGE_FAILURE) == schema.UNAVAILABLE
-    assert "__CHARGE_FN__" not in text
+def test_fentry_charge_probe_is_named_through_the_macro_not_a_placeholder() -> None:
+    kept, _ = preprocess(build(features())[2])
+    assert "KRETFUNC_PROBE_EXPANDED(CHARGE_FAILURE_FN," in kept
+    assert "__CHARGE_FN__" not in kept
 
 
 def test_source_reads_bpf_files_from_bpf_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in bpf_source.SOURCES:
-        (tmp_path / name).write_text(f"/* fixture {name} */\n")
+    (tmp_path / bpf_source.ENTRY).write_text('/* fixture entry */\n#include "part.bpf.h"\n')
+    (tmp_path / "part.bpf.h").write_text("/* fixture part */\n")
     monkeypatch.setattr(bpf_source, "BPF_DIR", tmp_path)
     _, _, text = build(features())
-    assert "/* fixture oom_kill.bpf.c */" in text
+    assert "/* fixture entry */\n/* ---- bpf/part.bpf.h ---- */\n/* fixture part */\n" in text
 
 
 # ---- #if macros of bpf/ are all defined ----
@@ -222,7 +220,8 @@ def strip_comments(text: str) -> str:
 
 
 def bpf_file_texts() -> dict[str, str]:
-    return {name: strip_comments((bpf_source.BPF_DIR / name).read_text()) for name in bpf_source.SOURCES}
+    names = [bpf_source.ENTRY, *bpf_source.parts()]
+    return {name: strip_comments((bpf_source.BPF_DIR / name).read_text()) for name in names}
 
 
 def test_every_macro_an_if_in_bpf_reads_is_defined_by_defines_or_bpf() -> None:
@@ -302,8 +301,9 @@ def preprocess(text: str) -> tuple[str, dict[str, str]]:
         elif directive == "endif":
             stack.pop()
         elif directive == "define" and active():
-            name, *value = rest.split(None, 1)
-            macros[name] = value[0].strip() if value else ""
+            m = re.match(r"(\w+)(\([^)]*\))?\s*(.*)", rest)
+            assert m, f"cannot parse #define {rest}"
+            macros[m.group(1)] = m.group(3).strip()
         elif active():
             kept.append(line)
     assert not stack, "unbalanced #if/#endif"

@@ -15,9 +15,10 @@ import pytest
 from tracer import __version__, schema
 from tracer.cli import main
 from tracer.errors import EXIT_USAGE
-from tracer.kernel import headers, probes
+from tracer.kernel import features, headers, probes
 from tracer.kernel import source as bpf_source
 from tracer.kernel.btf import Btf
+from tracer.kernel.features import KernelFeatures
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -97,7 +98,7 @@ def test_bad_source_in_the_environment_is_rejected_before_anything_runs(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("OOMTRACE_SOURCE", "ebpf")
-    monkeypatch.setattr(probes, "detect", lambda **_: pytest.fail("ran past argument checks"))
+    monkeypatch.setattr(features, "detect", lambda **_: pytest.fail("ran past argument checks"))
     assert run_main(["run", "--dump-bpf"]) == EXIT_USAGE
     assert "ebpf" in one_error_line(capsys.readouterr().err)
 
@@ -192,9 +193,9 @@ def test_dump_bpf_prints_the_program_with_its_tier_macros(dumped_bpf: tuple[int,
 
 def test_dump_bpf_includes_every_bpf_file(dumped_bpf: tuple[int, str, str]) -> None:
     _, out, _ = dumped_bpf
-    for name in bpf_source.SOURCES:
+    for name in [bpf_source.ENTRY, *bpf_source.parts()]:
         assert f"/* ---- bpf/{name} ---- */" in out
-    assert "__CHARGE_FN__" not in out
+    assert "#define CHARGE_FAILURE_FN " in out
 
 
 def test_dump_bpf_without_btf_defines_no_kernel_offsets(capsys: pytest.CaptureFixture[str]) -> None:
@@ -263,7 +264,7 @@ def test_probes_as_text_has_a_row_per_probe(
 
 # ---- values the parser lets through ----
 
-NO_BTF_FEATURES = probes.KernelFeatures(
+NO_BTF_FEATURES = KernelFeatures(
     release="6.18.0-test",
     btf=False,
     btf_error="disabled by --no-btf",
@@ -282,7 +283,7 @@ NO_BTF_FEATURES = probes.KernelFeatures(
 def test_near_oom_quiet_too_large_for_the_kernel_is_a_usage_error(
     quiet: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(probes, "detect", lambda **_: dataclasses.replace(NO_BTF_FEATURES))
+    monkeypatch.setattr(features, "detect", lambda **_: dataclasses.replace(NO_BTF_FEATURES))
     assert run_main(["run", "--dump-bpf", "--near-oom-quiet", quiet]) == EXIT_USAGE
     one_error_line(capsys.readouterr().err)
 

@@ -1,17 +1,14 @@
 import ctypes
-import re
 from typing import Any
 
 import pytest
 
 from tracer import decode, schema
-from tracer.decode import DecodeError, Decoder, NearOomStats, OomtraceEvent
-from tracer.kernel import source as bpf_source
+from tracer.decode import DecodeError, Decoder, OomtraceEvent
 
 PAGE = 4096
 PAGE_COUNTER_MAX = (2**63 - 1) // PAGE  # LONG_MAX / PAGE_SIZE
 CONSTRAINTS = {0: "global", 1: "cpuset", 2: "memory_policy", 3: "memcg"}
-HEADER = (bpf_source.BPF_DIR / "oomtrace.h").read_text()
 
 NEAR_OOM_BITS = (
     decode.KNOWN_TRIGGER_MEMCG | decode.KNOWN_MEMCG | decode.KNOWN_USAGE_LIMIT | decode.KNOWN_FAILCNT
@@ -291,88 +288,3 @@ def test_unknown_kind_or_tier_is_a_decode_error(kind: int, tier: int) -> None:
 
 def test_decode_error_is_a_value_error() -> None:
     assert issubclass(DecodeError, ValueError)
-
-
-# ---- the mirror agrees with bpf/oomtrace.h ----
-
-C_TYPES = {
-    "__u32": (4, 4),
-    "__s32": (4, 4),
-    "__u64": (8, 8),
-    "__s64": (8, 8),
-    "__u16": (2, 2),
-    "__s16": (2, 2),
-    "char": (1, 1),
-}
-
-
-def c_struct_layout(name: str) -> tuple[list[tuple[str, int, int]], int]:
-    """(field, offset, size) of `struct name` in oomtrace.h with natural alignment, and its size."""
-    defines = {k: int(v) for k, v in re.findall(r"#define (\w+) (\d+)\s*$", HEADER, re.MULTILINE)}
-    body = re.search(rf"struct {name} \{{(.*?)\n\}};", HEADER, re.DOTALL)
-    assert body is not None, f"struct {name} not found in oomtrace.h"
-    text = re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.DOTALL)
-    fields, offset, max_align = [], 0, 1
-    for decl in filter(None, (d.strip() for d in text.split(";"))):
-        m = re.fullmatch(r"(\w+)\s+(\w+)(?:\[(\w+)\])?", decl)
-        assert m, f"cannot parse field {decl!r}"
-        size, align = C_TYPES[m.group(1)]
-        count = 1
-        if m.group(3):
-            count = int(m.group(3)) if m.group(3).isdigit() else defines[m.group(3)]
-        offset = (offset + align - 1) // align * align
-        fields.append((m.group(2), offset, size * count))
-        offset += size * count
-        max_align = max(max_align, align)
-    return fields, (offset + max_align - 1) // max_align * max_align
-
-
-def ctypes_layout(cls: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
-    return [(f[0], getattr(cls, f[0]).offset, getattr(cls, f[0]).size) for f in cls._fields_]
-
-
-@pytest.mark.parametrize(
-    ("c_name", "mirror"),
-    [
-        pytest.param("oomtrace_event", OomtraceEvent, id="oomtrace_event"),
-        pytest.param("near_oom_stats", NearOomStats, id="near_oom_stats"),
-    ],
-)
-def test_python_mirror_has_the_fields_offsets_and_size_of_the_header(
-    c_name: str, mirror: type[ctypes.Structure]
-) -> None:
-    fields, size = c_struct_layout(c_name)
-    assert ctypes_layout(mirror) == fields
-    assert ctypes.sizeof(mirror) == size
-
-
-def test_header_struct_has_no_implicit_padding() -> None:
-    """Explicit padding only: each field starts where the previous one ended."""
-    fields, size = c_struct_layout("oomtrace_event")
-    ends = [off + sz for _, off, sz in fields]
-    assert [off for _, off, _ in fields[1:]] == ends[:-1]
-    assert ends[-1] == size
-
-
-def test_known_bits_match_the_header() -> None:
-    header_bits = {
-        name: 1 << int(bit) for name, bit in re.findall(r"#define (KNOWN_\w+)\s+\(1ULL << (\d+)\)", HEADER)
-    }
-    python_bits = {name: getattr(decode, name) for name in dir(decode) if name.startswith("KNOWN_")}
-    assert header_bits == python_bits
-    assert len(header_bits) == 12
-
-
-def test_kind_numbers_match_the_header_enum() -> None:
-    kinds = {int(v): n for n, v in re.findall(r"OOMTRACE_(NEAR_OOM|MEMCG_OOM|OOM_KILL) = (\d+)", HEADER)}
-    assert {k: v.lower() for k, v in kinds.items()} == decode.KIND_NAMES
-
-
-def test_loss_reasons_follow_the_header_enum_order() -> None:
-    losses = re.findall(r"LOSS_(\w+) = (\d+)", HEADER)
-    named = [n.lower() for n, v in sorted(losses, key=lambda x: int(x[1])) if n != "MAX"]
-    assert tuple(named) == schema.KERNEL_LOSS_REASONS
-
-
-def test_comm_length_matches_the_header() -> None:
-    assert f"#define OOMTRACE_COMM_LEN {decode.COMM_LEN}" in HEADER

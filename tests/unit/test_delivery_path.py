@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from bench import harness, report
 from tests.unit.conftest import full_kernel_features
 from tracer.decode import Decoder, NearOomStats
-from tracer.kernel.probes import plan
+from tracer.kernel.tiers import plan
 from tracer.sinks.metrics import Metrics
 from tracer.sources.bpf import BpfConfig, BpfSource
 

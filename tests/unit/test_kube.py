@@ -25,6 +25,15 @@ from tracer.cli.flags import build_parser
 from tracer.cli.run import build_daemon
 from tracer.daemon import Daemon, RunConfig
 from tracer.enrich import kube
+from tracer.enrich.failures import (
+    FORBIDDEN,
+    NOT_FOUND,
+    REASONS,
+    TIMEOUT,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    enrichment_failures,
+)
 from tracer.enrich.kube import (
     Allowlist,
     ApiServerSource,
@@ -36,6 +45,7 @@ from tracer.enrich.kube import (
     parse_pod,
     parse_pod_list,
 )
+from tracer.enrich.kube.pods import MAX_KEYS
 from tracer.errors import UsageError
 
 ALLOW = Allowlist(kube.DEFAULT_ALLOWLIST)
@@ -194,7 +204,7 @@ def test_the_allowlist_takes_exact_keys_and_globs_and_refuses_nonsense() -> None
         "app": "a",
         "kubevirt.io/x": "b",
     }
-    assert len(Allowlist.parse("*").select({f"k{i}": "v" for i in range(100)})) == kube.MAX_KEYS
+    assert len(Allowlist.parse("*").select({f"k{i}": "v" for i in range(100)})) == MAX_KEYS
     with pytest.raises(ValueError):
         Allowlist.parse("has space")
 
@@ -292,8 +302,8 @@ def test_a_410_gone_makes_the_apiserver_source_list_again(api: FakeKube, tmp_pat
 @pytest.mark.parametrize(
     ("forbid", "reason", "says"),
     [
-        (False, kube.UNAUTHORIZED, "401 Unauthorized"),
-        (True, kube.FORBIDDEN, "(403 Forbidden): grant its service account get, list and watch on pods"),
+        (False, UNAUTHORIZED, "401 Unauthorized"),
+        (True, FORBIDDEN, "(403 Forbidden): grant its service account get, list and watch on pods"),
     ],
     ids=["401", "403"],
 )
@@ -383,13 +393,13 @@ def test_the_kubelet_refusing_the_token_says_which_permission_is_missing(
     source = KubeletSource(PodCache(), ALLOW, api.url, token_file=None, log=logs)
     with pytest.raises(kube.SourceFailure) as failure:
         source.refresh()
-    assert failure.value.reason == kube.UNAUTHORIZED
+    assert failure.value.reason == UNAUTHORIZED
     api.forbidden = True
     (tmp_path / "token").write_text("test-token")
     source = KubeletSource(PodCache(), ALLOW, api.url, token_file=tmp_path / "token", log=logs)
     with pytest.raises(kube.SourceFailure) as failure:
         source.refresh()
-    assert failure.value.reason == kube.FORBIDDEN
+    assert failure.value.reason == FORBIDDEN
     assert any("nodes/proxy" in m for m in logs.messages())
 
 
@@ -423,7 +433,7 @@ def test_a_pod_created_after_the_last_list_is_named_by_one_refresh_within_the_de
     source = KubeletSource(cache, ALLOW, api.url, token_file=tmp_path / "token", resync_s=3600)
     source.start()
     registry = CollectorRegistry()
-    stage = KubeStage(cache, source, 1.0, kube.enrichment_failures(registry))
+    stage = KubeStage(cache, source, 1.0, enrichment_failures(registry))
     try:
         wait_until(lambda: api.lists() == 1)
         uid = new_uid()
@@ -439,7 +449,7 @@ def test_a_pod_created_after_the_last_list_is_named_by_one_refresh_within_the_de
         assert event["owner"] == {"kind": "VirtualMachineInstance", "name": "vm2"}
         assert event["labels"]["vm.kubevirt.io/name"] == "vm2"
         assert took < 1.0 and api.lists() == 2  # answered before the deadline
-        assert sum(failures(registry, r) for r in kube.REASONS) == 0
+        assert sum(failures(registry, r) for r in REASONS) == 0
     finally:
         source.close()
 
@@ -452,7 +462,7 @@ def test_an_oom_storm_for_an_unknown_pod_costs_one_list_and_one_deadline(
     source = KubeletSource(cache, ALLOW, api.url, token_file=tmp_path / "token", resync_s=3600)
     source.start()
     registry = CollectorRegistry()
-    stage = KubeStage(cache, source, 0.1, kube.enrichment_failures(registry))
+    stage = KubeStage(cache, source, 0.1, enrichment_failures(registry))
     try:
         wait_until(lambda: api.lists() == 1)
         uid = new_uid()
@@ -462,7 +472,7 @@ def test_an_oom_storm_for_an_unknown_pod_costs_one_list_and_one_deadline(
         assert all(e["pod"] is None and e["pod_uid"] == uid and e["qos"] == "burstable" for e in events)
         assert took < 1.0  # one 0.1 s deadline at most, not 200 of them (20 s)
         assert api.lists() == 2  # one refresh for the whole storm
-        assert failures(registry, kube.NOT_FOUND) == 200
+        assert failures(registry, NOT_FOUND) == 200
     finally:
         source.close()
 
@@ -474,7 +484,7 @@ def test_a_slow_source_delays_an_event_by_the_deadline_at_most_and_nothing_wrong
     cache = PodCache()
     source = apiserver_source(api, tmp_path, cache)
     registry = CollectorRegistry()
-    stage = KubeStage(cache, source, 0.1, kube.enrichment_failures(registry))
+    stage = KubeStage(cache, source, 0.1, enrichment_failures(registry))
     source.start()
     try:
         uid = new_uid()
@@ -484,7 +494,7 @@ def test_a_slow_source_delays_an_event_by_the_deadline_at_most_and_nothing_wrong
         took = time.monotonic() - started
         assert 0.09 <= took < 0.5  # the 0.1 s deadline, plus scheduling slack on a busy machine
         assert all(event[k] is None for k in ("namespace", "pod", "container", "labels", "owner"))
-        assert failures(registry, kube.TIMEOUT) == 1
+        assert failures(registry, TIMEOUT) == 1
     finally:
         source.close()
 
@@ -498,7 +508,7 @@ def test_with_the_api_down_events_flow_with_what_is_known_and_failures_are_count
     logs = Logs()
     source = ApiServerSource(cache, ALLOW, client, NODE, log=logs)
     registry = CollectorRegistry()
-    stage = KubeStage(cache, source, 0.1, kube.enrichment_failures(registry))
+    stage = KubeStage(cache, source, 0.1, enrichment_failures(registry))
     source.start()
     try:
         started = time.monotonic()
@@ -506,8 +516,8 @@ def test_with_the_api_down_events_flow_with_what_is_known_and_failures_are_count
         took = time.monotonic() - started
         assert all(e["pod_uid"] is not None and e["pod"] is None for e in events)
         assert took < 5 * 0.1 + 1.0  # at most one deadline per pod, plus slack
-        assert failures(registry, kube.UNAVAILABLE) + failures(registry, kube.TIMEOUT) == 5
-        assert failures(registry, kube.UNAVAILABLE) >= 1
+        assert failures(registry, UNAVAILABLE) + failures(registry, TIMEOUT) == 5
+        assert failures(registry, UNAVAILABLE) >= 1
         assert any("is unreachable" in m for m in logs.messages())
     finally:
         source.close()
@@ -518,7 +528,7 @@ def test_a_pod_deleted_a_second_before_its_oom_event_is_still_named(api: FakeKub
     cache = PodCache(grace_s=30, clock=clock)
     source = apiserver_source(api, tmp_path, cache)
     registry = CollectorRegistry()
-    stage = KubeStage(cache, source, 0.1, kube.enrichment_failures(registry), clock=clock)
+    stage = KubeStage(cache, source, 0.1, enrichment_failures(registry), clock=clock)
     uid = new_uid()
     api.add(virt_launcher(uid))
     source.start()

@@ -15,7 +15,8 @@ from tests.unit.conftest import (
     full_kernel_features,
     kernel_btf,
 )
-from tracer.kernel import fentry_check, probes
+from tracer.kernel import fentry_check
+from tracer.kernel.features import KernelFeatures, detect, read_symbols
 from tracer.kernel.probes import (
     CHARGE_FAILURE,
     MEMCG_OOM,
@@ -23,11 +24,8 @@ from tracer.kernel.probes import (
     OOM_CONTEXT,
     OOM_KILL,
     PROBES,
-    KernelFeatures,
-    detect,
-    plan,
-    read_symbols,
 )
+from tracer.kernel.tiers import Plan, plan
 from tracer.schema import FENTRY, KPROBE, TRACEPOINT, UNAVAILABLE
 
 
@@ -35,7 +33,7 @@ def features(**overrides: Any) -> KernelFeatures:
     return full_kernel_features(frozenset({"pid", "comm", "anon_rss", "uid"}), **overrides)
 
 
-def tiers(p: probes.Plan) -> dict[str, str]:
+def tiers(p: Plan) -> dict[str, str]:
     return {c.probe: c.tier for c in p.choices}
 
 

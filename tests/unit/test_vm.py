@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.fake_node import KUBEVIRT_CMDLINE, FakeNode, argv
 from tracer import schema
 from tracer.enrich import vm
-from tracer.enrich.vm import PodHint, QemuInfo, VmLocator, VmStage, parse_qemu_cmdline, role_of
+from tracer.enrich.vm import PodHint, QemuInfo, VmLocator, VmStage, parse_qemu_cmdline, procfs, role_of
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -262,7 +262,7 @@ def test_an_event_racing_the_scan_thread_for_a_qemu_waits_for_its_command_line(
     node.process(8823, "qemu-system-x86", CONTAINER, argv(*KUBEVIRT_CMDLINE))
     locator = VmLocator(node.memory_root, node.proc)
     reading, release = threading.Event(), threading.Event()
-    read = vm._read
+    read = procfs.read_bytes
 
     def slow_for_the_scanner(path: Path, limit: int) -> bytes | None:
         if path.name == "cmdline" and threading.current_thread().name == "scanner":
@@ -270,7 +270,7 @@ def test_an_event_racing_the_scan_thread_for_a_qemu_waits_for_its_command_line(
             release.wait(10)
         return read(path, limit)
 
-    monkeypatch.setattr(vm, "_read", slow_for_the_scanner)
+    monkeypatch.setattr(procfs, "read_bytes", slow_for_the_scanner)
     scanner = threading.Thread(target=locator.scan, name="scanner")
     scanner.start()
     assert reading.wait(10)

@@ -63,7 +63,7 @@ EXPECTED_TIERS = {
 # Rules fentry out for the kprobe variant, the way a kernel that refuses trampolines would;
 # everything else is the real CLI.
 _KPROBE_WRAPPER = (
-    "import sys, tracer.kernel.probes as p\n"
+    "import sys, tracer.kernel.features as p\n"
     "p._fentry_refusal = lambda btf: 'ruled out by the kernel matrix (kprobe-tier run)'\n"
     "from tracer.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"

@@ -1,5 +1,6 @@
 """Parsers for command-line values and their OOMTRACE_* environment defaults, shared by every
-module that adds flags (tracer/cli/__init__.py, tracer/sinks/loki.py): one set of bounds and messages."""
+module that adds flags (tracer/cli/__init__.py, tracer/sinks/loki/flags.py): one set of bounds
+and messages."""
 
 import argparse
 import os

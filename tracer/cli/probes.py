@@ -7,21 +7,23 @@ import json
 
 def dump_bpf(no_btf: bool, quiet_s: float) -> str:
     """The exact program text `run` would compile on this kernel."""
-    from tracer.kernel import offsets, probes
+    from tracer.kernel import offsets, tiers
     from tracer.kernel import source as bpf_source
+    from tracer.kernel.features import detect
 
-    features = probes.detect(use_btf=not no_btf)
-    plan = probes.plan(features)
+    features = detect(use_btf=not no_btf)
+    plan = tiers.plan(features)
     constants = offsets.kernel_constants(features.btf_data) if features.btf_data else {}
-    return bpf_source.source(plan, bpf_source.defines(plan, features, constants, quiet_s))
+    return bpf_source.source(bpf_source.defines(plan, features, constants, quiet_s))
 
 
 def command(args: argparse.Namespace) -> int:
-    from tracer.kernel import probes
+    from tracer.kernel import tiers
+    from tracer.kernel.features import detect
     from tracer.kernel.headers import HeadersError, find_headers
 
-    features = probes.detect(use_btf=not args.no_btf)
-    plan = probes.plan(features)
+    features = detect(use_btf=not args.no_btf)
+    plan = tiers.plan(features)
     try:
         tree = find_headers(features.release)
         where = {

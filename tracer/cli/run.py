@@ -150,13 +150,14 @@ def attribution_stages(
     """Kubernetes names, VM attribution, the memory snapshot and overhead advice (docs/attribution.md),
     in that order: each may read what the ones before it added."""
     from tracer.enrich import kube, memsnap, overhead, vm
+    from tracer.enrich.failures import ERROR, enrichment_failures
 
     proc_root = config.proc_root
-    failures = kube.enrichment_failures(registry)
+    failures = enrichment_failures(registry)
 
     def complain(stage: str) -> Any:
         def on_error(message: str) -> None:
-            failures.labels(stage, kube.ERROR).inc()
+            failures.labels(stage, ERROR).inc()
             log.error(message)
 
         return on_error

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from tracer.enrich.vm import pids_in, role_of
+from tracer.enrich.vm.procfs import pids_in
+from tracer.enrich.vm.roles import role_of
 
 # A v1 limit at or above this is "no limit" (PAGE_COUNTER_MAX pages: 9223372036854771712 bytes).
 _V1_UNLIMITED: Final = 1 << 62

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from tracer.enrich import memsnap
-from tracer.enrich.vm import QEMU, QemuInfo
+from tracer.enrich.vm.qemu import QemuInfo
+from tracer.enrich.vm.roles import QEMU
 
 MIB: Final = 1 << 20
 PAGE: Final = 4096

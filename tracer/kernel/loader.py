@@ -15,8 +15,9 @@ from tracer import schema
 from tracer.decode import NearOomStats
 from tracer.kernel import probes
 from tracer.kernel import source as bpf_source
+from tracer.kernel.features import KernelFeatures
 from tracer.kernel.headers import HeaderTree
-from tracer.kernel.probes import KernelFeatures, Plan
+from tracer.kernel.tiers import Plan
 from tracer.schema import KERNEL_LOSS_REASONS
 
 
@@ -99,7 +100,7 @@ def load(
     on_record: Callable[[bytes], None],
     near_oom_quiet_s: float,
     log: Callable[[str], None],
-    ringbuf_pages: int = 64,
+    ringbuf_pages: int = bpf_source.DEFAULT_RINGBUF_PAGES,
 ) -> Tracer:
     """Compile and attach `plan`, moving a probe down a tier each time the kernel refuses it."""
     from bcc import BPF  # the only bcc import in oomtrace
@@ -108,7 +109,7 @@ def load(
         os.environ["BCC_KERNEL_SOURCE"] = str(headers.path)
     for _attempt in range(3 * len(plan.choices) + 1):
         values = bpf_source.defines(plan, features, constants, near_oom_quiet_s, ringbuf_pages=ringbuf_pages)
-        text = bpf_source.source(plan, values)
+        text = bpf_source.source(values)
         bpf = None
         try:
             # -w: headers of another kernel warn about things these programs never use.

@@ -32,7 +32,7 @@ _MEMBERS = (
 
 # Read when the kernel's BTF has them; the programs have a fallback for each.
 _OPTIONAL_MEMBERS = (
-    # Set by mark_oom_victim(): a task with it is already a victim (see oom_kill.bpf.c).
+    # Set by mark_oom_victim(): a task with it is already a victim (see bpf/oom_kill.bpf.h).
     ("OFF_SIGNAL_OOM_MM", "signal_struct", "oom_mm"),
 )
 # Parameter count of functions whose fexit program must find the return value after the

@@ -17,9 +17,11 @@ from typing import Any, Protocol
 
 from tracer import schema
 from tracer.decode import DecodeError, Decoder, NearOomStats
-from tracer.kernel import probes
+from tracer.kernel import probes, tiers
+from tracer.kernel.features import KernelFeatures, detect
 from tracer.kernel.headers import HeaderTree
-from tracer.kernel.probes import KernelFeatures, Plan
+from tracer.kernel.source import DEFAULT_RINGBUF_PAGES
+from tracer.kernel.tiers import Plan
 from tracer.pipeline import Event
 from tracer.sinks.metrics import Metrics
 from tracer.sources.near_oom import NearOomSummarizer
@@ -58,7 +60,7 @@ class Load(Protocol):
         on_record: Callable[[bytes], None],
         near_oom_quiet_s: float,
         log: Callable[[str], None],
-        ringbuf_pages: int = 64,
+        ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
     ) -> Tracer: ...
 
 
@@ -108,8 +110,8 @@ class BpfSource:
 
         cfg = self._config
         self._ensure_tracefs()
-        features = probes.detect(cfg.proc_root, cfg.sys_root, use_btf=cfg.use_btf)
-        plan = probes.plan(features)
+        features = detect(cfg.proc_root, cfg.sys_root, use_btf=cfg.use_btf)
+        plan = tiers.plan(features)
         for note in plan.notes:
             self._log.warning(note)
         btf = features.btf_data
@@ -151,9 +153,9 @@ class BpfSource:
         plan = tracer.plan  # with any tier the kernel refused moved down
         self._metrics.set_probes((c.probe, c.tier, c.target or "-") for c in plan.choices)
         self._metrics.set_headers(headers.origin, btf=plan.btf)
-        tiers = " ".join(f"{c.probe}={c.tier}" for c in plan.choices)
+        chosen = " ".join(f"{c.probe}={c.tier}" for c in plan.choices)
         offsets_from = "BTF" if plan.btf else "none (tracepoint fields only)"
-        self.status = f"{tiers}; headers: {headers.origin}; struct offsets: {offsets_from}"
+        self.status = f"{chosen}; headers: {headers.origin}; struct offsets: {offsets_from}"
         for choice in plan.choices:
             self._log.info(
                 "probe",

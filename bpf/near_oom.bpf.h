@@ -96,8 +96,10 @@ KFUNC_PROBE(try_to_free_mem_cgroup_pages, void *memcg)
 }
 
 /* fexit finds the return value after the last parameter, so the parameter list must be the
- * running kernel's (NEAR_OOM_FN_ARGS, from BTF): 4 up to 6.10 (a bool may_swap, later
- * unsigned int reclaim_options), 5 from 6.11 (int *swappiness added). Only `ret` is read. */
+ * running kernel's (NEAR_OOM_FN_ARGS, from BTF): 4 up to 6.10 (a bool may_swap, unsigned int
+ * reclaim_options from 6.0: commit 73b73bac90d9 "mm: vmpressure: don't count proactive reclaim
+ * in vmpressure"), 5 from 6.11 (int *swappiness added: commit 68cd9050d871 "mm: add
+ * swappiness= arg to memory.reclaim"). Only `ret` is read. */
 #ifndef NEAR_OOM_FN_ARGS
 #define NEAR_OOM_FN_ARGS 4 /* BTF lacks the function: then fentry cannot attach to it anyway */
 #endif
@@ -136,9 +138,14 @@ TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_end)
 #endif
 
 /* A charge that fails for good (-ENOMEM after reclaim and OOM): counted against the memcg
- * being charged. try_charge() up to 5.13, try_charge_memcg() after. */
+ * being charged. The function is CHARGE_FAILURE_FN, the plan's choice: try_charge() up to
+ * 5.13, try_charge_memcg() from 5.14 (commit c5c8b16b596e "mm: memcontrol: fix root_mem_cgroup
+ * charging", which left try_charge() as an inline wrapper). */
 #if CHARGE_FAILURE_TIER == OOMTRACE_TIER_FENTRY
-KRETFUNC_PROBE(__CHARGE_FN__, void *memcg, unsigned int gfp_mask, unsigned int nr_pages, int ret)
+/* KRETFUNC_PROBE pastes its first argument into the program name with ##, which does not
+ * expand macros: one more macro level expands CHARGE_FAILURE_FN first. */
+#define KRETFUNC_PROBE_EXPANDED(fn, args...) KRETFUNC_PROBE(fn, ##args)
+KRETFUNC_PROBE_EXPANDED(CHARGE_FAILURE_FN, void *memcg, unsigned int gfp_mask, unsigned int nr_pages, int ret)
 {
 	if (ret != -ENOMEM)
 		return 0;

@@ -96,7 +96,8 @@ int oom_kill_kprobe(struct pt_regs *ctx)
 }
 #elif OOM_KILL_TIER == OOMTRACE_TIER_TRACEPOINT && MARK_VICTIM_RAW
 /* oom:mark_victim as a raw tracepoint: TP_PROTO(struct task_struct *task, uid_t uid) since
- * 6.9 (and stable backports), which gives the victim's task_struct, hence its memcg.
+ * 6.9 (commit 72ba14deb40a "mm: update mark_victim tracepoints fields", backported to the 5.4,
+ * 5.15, 6.1 and 6.6 stable series), which gives the victim's task_struct, hence its memcg.
  * Fires after the kernel printed its report. */
 RAW_TRACEPOINT_PROBE(mark_victim)
 {
@@ -104,7 +105,8 @@ RAW_TRACEPOINT_PROBE(mark_victim)
 }
 #elif OOM_KILL_TIER == OOMTRACE_TIER_TRACEPOINT
 /* oom:mark_victim from its format file: the victim's pid always; comm, memory and uid on
- * kernels whose format has them. The victim's memcg is unknown here. */
+ * kernels whose format has them (the same commit 72ba14deb40a). The victim's memcg is unknown
+ * here. */
 TRACEPOINT_PROBE(oom, mark_victim)
 {
 	struct oomtrace_event *e = reserve_event(OOMTRACE_OOM_KILL, OOMTRACE_TIER_TRACEPOINT);

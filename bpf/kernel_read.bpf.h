@@ -2,10 +2,8 @@
  * passes them in as OFF_* constants). bcc compiles against whatever headers are at hand;
  * the offsets never come from those headers. Without BTF nothing here is compiled and the
  * programs use tracepoint fields and helpers only. */
-#ifndef OOMTRACE_KERNEL_READ_H
-#define OOMTRACE_KERNEL_READ_H
-
-#include <uapi/linux/ptrace.h> /* struct pt_regs, for the kprobe tier's PT_REGS_* */
+#ifndef OOMTRACE_KERNEL_READ_BPF_H
+#define OOMTRACE_KERNEL_READ_BPF_H
 
 #if OOMTRACE_HAVE_BTF
 
@@ -45,7 +43,8 @@ static __always_inline void *task_memcg(const void *task)
 	return (char *)css - OFF_MEMCG_CSS;
 }
 
-/* memcg->css.cgroup->kn->id: equals the inode of the cgroup's directory (kernel >= 5.5). */
+/* memcg->css.cgroup->kn->id: equals the inode of the cgroup's directory since 5.5 (commit
+ * 40430452fd5d "kernfs: use 64bit inos if ino_t is 64bit"). */
 static __always_inline __u64 memcg_id(const void *memcg)
 {
 	void *cgrp, *kn;
@@ -73,7 +72,8 @@ static __always_inline void memcg_counter(const void *memcg, __u64 *usage, __u64
 }
 
 /* One mm counter as get_mm_counter() reads it: an atomic_long_t on older kernels, the
- * approximate count of a percpu_counter from 6.2; RSS_STAT_* describe whichever it is. */
+ * approximate count of a percpu_counter from 6.2 (commit f1a7941243c1 "mm: convert mm's rss
+ * stats into percpu_counter"); RSS_STAT_* describe whichever it is. */
 static __always_inline __u64 mm_counter(const void *mm, int member)
 {
 	__s64 v = (__s64)read_u64(mm, OFF_MM_RSS_STAT + member * RSS_STAT_STRIDE + RSS_STAT_INNER);
@@ -82,50 +82,5 @@ static __always_inline __u64 mm_counter(const void *mm, int member)
 }
 
 #endif /* OOMTRACE_HAVE_BTF */
-
-/* The trigger task: whoever is running when the probe fires. */
-static __always_inline void fill_trigger(struct oomtrace_event *e)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-
-	e->trigger_pid = (__u32)pid_tgid;
-	e->trigger_tgid = pid_tgid >> 32;
-	bpf_get_current_comm(&e->trigger_comm, sizeof(e->trigger_comm));
-#if OOMTRACE_HAVE_BTF
-	e->trigger_memcg_id = memcg_id(task_memcg((void *)bpf_get_current_task()));
-	if (e->trigger_memcg_id)
-		e->known |= KNOWN_TRIGGER_MEMCG;
-#elif OOMTRACE_CGROUP2_MEMORY
-	/* Pure cgroup v2 host: the v2 cgroup is the memory cgroup. */
-	e->trigger_memcg_id = bpf_get_current_cgroup_id();
-	e->known |= KNOWN_TRIGGER_MEMCG;
-#endif
-}
-
-BPF_RINGBUF_OUTPUT(events, OOMTRACE_RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(lost, __u64, LOSS_MAX);
-
-static __always_inline void count_loss(int reason)
-{
-	__u64 *n = lost.lookup(&reason);
-
-	if (n)
-		*n += 1;
-}
-
-static __always_inline struct oomtrace_event *reserve_event(__u32 kind, __u32 tier)
-{
-	struct oomtrace_event *e = events.ringbuf_reserve(sizeof(*e));
-
-	if (!e) {
-		count_loss(LOSS_RINGBUF_FULL);
-		return 0;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->kind = kind;
-	e->tier = tier;
-	e->ktime_ns = bpf_ktime_get_ns();
-	return e;
-}
 
 #endif
