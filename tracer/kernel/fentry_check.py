@@ -5,9 +5,11 @@ Some kernels have BTF and trampolines yet refuse fentry (seen: a 6.18 VM answeri
 before the verifier runs), so the only honest test is a load.
 """
 
+import contextlib
 import ctypes
 import os
 import platform
+import resource
 import struct
 
 _BPF_PROG_LOAD = 5
@@ -18,12 +20,26 @@ _SYSCALL_BPF = {"x86_64": 321, "aarch64": 280}
 _NOOP = bytes.fromhex("b7000000000000009500000000000000")
 
 
+def lift_memlock_limit() -> None:
+    """Before 5.11 (commit 3ac1f01b43b6) BPF programs and maps are charged to RLIMIT_MEMLOCK,
+    checked against all the memory the user has locked: on a node where other root BPF tools
+    hold maps, a no-op program is refused with EPERM at the default limit. bcc lifts it too,
+    but only on its own loads, after this check has run."""
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):  # no CAP_SYS_RESOURCE: as far as the hard limit goes
+        with contextlib.suppress(ValueError, OSError):
+            hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+
+
 def try_load_fentry(btf_func_id: int) -> str | None:
     """None if a no-op fentry program on the kernel function with this BTF id loads;
     otherwise the kernel's answer as a short reason."""
     nr = _SYSCALL_BPF.get(platform.machine())
     if nr is None:
         return f"no bpf() syscall number known for {platform.machine()}"
+    lift_memlock_limit()
     libc = ctypes.CDLL(None, use_errno=True)
     insns = ctypes.create_string_buffer(_NOOP)
     license_ = ctypes.create_string_buffer(b"GPL")
