@@ -139,6 +139,7 @@ class Daemon:
         next_tick = time.monotonic() + self.config.interval_s
         while not (self.stop.requested or (deadline is not None and time.monotonic() >= deadline)):
             self.source.poll(100)
+            self._flush()  # one write for what this poll delivered
             self.last_loop = now = time.monotonic()
             if now >= next_tick:
                 self._every_interval()
@@ -148,3 +149,11 @@ class Daemon:
     def _every_interval(self) -> None:
         self.clock.refresh()
         self.source.every_interval()
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            self.pipeline.flush()
+        except Exception as err:  # stdout gone or full: stop, as the loss would be silent
+            self.log.error("cannot publish an event; stopping", error=str(err))
+            raise

@@ -35,6 +35,9 @@ class Sink(Protocol):
 
     def write(self, event: Event) -> None: ...
 
+    def flush(self) -> None:
+        """Hands on what write() buffered; called after each poll of the source."""
+
     def close(self) -> None: ...
 
 
@@ -65,6 +68,10 @@ class Pipeline:
             event = stage(event)
         for sink in self.sinks:
             sink.write(event)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
 
     def close(self) -> None:
         """Closes what was started, last first; one part failing to close does not stop the others."""

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench import harness, report
+from bench import pipeline as pipeline_bench
 from tests.unit.conftest import full_kernel_features
 from tracer.decode import Decoder, NearOomStats
 from tracer.kernel.tiers import plan
@@ -70,6 +71,30 @@ def test_the_ring_buffer_is_drained_before_every_near_oom_summary(tmp_path: Path
     assert log.count("summary") == 50
     # A kill waiting in the ring buffer is never behind more than the summary being written.
     assert log == ["consume", "summary"] * 50
+
+
+def test_a_kill_drained_amid_the_summaries_is_flushed_before_the_next_summary(tmp_path: Path) -> None:
+    log: list[str] = []
+    config = BpfConfig(tmp_path, tmp_path, True, tmp_path, near_oom_quiet_s=10, interval_s=1, ringbuf_pages=8)
+    source = BpfSource(
+        config,
+        lambda event: log.append(event["event"]),
+        Metrics(CollectorRegistry(), kernel="test"),
+        log=None,
+        flush=lambda: log.append("flush"),
+    )
+    tracer = _RecordingTracer(log, cgroups=3)
+    kills = [pipeline_bench.record(1000, 4242, 1)]  # one kill waits in the ring buffer
+
+    def consume() -> None:
+        log.append("consume")
+        while kills:
+            source.on_record(kills.pop())
+
+    tracer.consume = consume  # type: ignore[method-assign]
+    source.use(tracer, Decoder(4096, {}), memcg_known=True)
+    source.every_interval()
+    assert log == ["consume", "oom_kill", "flush", "near_oom", "consume", "near_oom", "consume", "near_oom"]
 
 
 def test_the_stamper_stamps_every_whole_line_once_with_the_monotonic_clock() -> None:

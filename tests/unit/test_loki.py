@@ -863,6 +863,8 @@ def test_the_cri_line_the_shippers_read_holds_the_event_json_unchanged() -> None
     from tracer.sinks.stdout import StdoutSink
 
     out = StringIO()
-    StdoutSink(out).write(make_event(1))
+    sink = StdoutSink(out)
+    sink.write(make_event(1))
+    sink.flush()
     (line,) = out.getvalue().splitlines()
     assert json.loads((CRI_STDOUT + line)[len(CRI_STDOUT) :]) == make_event(1)

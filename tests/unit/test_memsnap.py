@@ -179,6 +179,30 @@ def test_a_kill_without_a_recent_memcg_oom_takes_its_own_snapshot_of_the_limited
     assert (snap["memcg"], snap["source_event"], snap["delay_ms"]) == (POD, "oom_kill", 1000.0)
 
 
+def test_kills_of_one_cgroup_close_together_share_the_first_kills_snapshot(tmp_path: Path) -> None:
+    node = FakeNode(tmp_path)
+    vm_pod(node)
+    stage = SnapshotStage(node.memory_root, node.proc, now_ns=lambda: 100 * 10**9)
+    first = stage(event(schema.OOM_KILL, 10**9, task_memcg=CONTAINER))["memory_snapshot"]
+    node.exit(39079)  # a fresh snapshot would no longer list it
+    within = memsnap.SHARE_WINDOW_NS
+    second = stage(event(schema.OOM_KILL, 10**9 + within, task_memcg=CONTAINER))["memory_snapshot"]
+    assert second is first and "qemu-system-x86" in [t["comm"] for t in second["tasks"]]
+    later = stage(event(schema.OOM_KILL, 10**9 + within + 1, task_memcg=CONTAINER))["memory_snapshot"]
+    assert later is not first and "qemu-system-x86" not in [t["comm"] for t in later["tasks"]]
+
+
+def test_kills_of_other_cgroups_never_share_a_snapshot(tmp_path: Path) -> None:
+    node = FakeNode(tmp_path)
+    vm_pod(node)
+    other = f"{POD}/cri-containerd-{'e' * 64}.scope"
+    node.cgroup(other, limit=64 * MIB, stat=V2_STAT)
+    stage = SnapshotStage(node.memory_root, node.proc, now_ns=lambda: 100 * 10**9)
+    first = stage(event(schema.OOM_KILL, 10**9, task_memcg=CONTAINER))["memory_snapshot"]
+    second = stage(event(schema.OOM_KILL, 10**9 + 1, task_memcg=other))["memory_snapshot"]
+    assert (first["memcg"], second["memcg"]) == (POD, other)
+
+
 def test_a_kill_with_no_limit_above_the_victim_is_a_global_oom_and_gets_no_snapshot(tmp_path: Path) -> None:
     node = FakeNode(tmp_path)
     node.cgroup("/system.slice/big.service")

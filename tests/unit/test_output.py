@@ -26,11 +26,17 @@ def lines(stream: io.StringIO) -> list[str]:
     return text[:-1].split("\n")
 
 
+def write_one(out: io.StringIO | None, event: dict[str, object]) -> None:
+    sink = StdoutSink(out)
+    sink.write(event)
+    sink.flush()
+
+
 @pytest.mark.parametrize("kind", schema.KINDS)
 def test_one_event_is_exactly_one_json_line_with_every_field(kind: str) -> None:
     out = io.StringIO()
     event = published(kind)
-    StdoutSink(out).write(event)
+    write_one(out, event)
     (line,) = lines(out)
     assert json.loads(line) == event
 
@@ -38,7 +44,7 @@ def test_one_event_is_exactly_one_json_line_with_every_field(kind: str) -> None:
 @pytest.mark.parametrize("kind", schema.KINDS)
 def test_event_ts_node_and_tier_come_first_then_the_schema_order(kind: str) -> None:
     out = io.StringIO()
-    StdoutSink(out).write(published(kind))
+    write_one(out, published(kind))
     keys = list(json.loads(lines(out)[0]))
     assert keys[:4] == ["event", "ts", "node", "tier"]
     rest = [k for k in schema.blank_event(kind) if k not in keys[:4]]
@@ -48,7 +54,7 @@ def test_event_ts_node_and_tier_come_first_then_the_schema_order(kind: str) -> N
 def test_key_order_does_not_depend_on_the_order_fields_were_set() -> None:
     out = io.StringIO()
     shuffled = dict(reversed(list(published(schema.OOM_KILL).items())))
-    StdoutSink(out).write(shuffled)
+    write_one(out, shuffled)
     assert list(json.loads(lines(out)[0]))[:4] == ["event", "ts", "node", "tier"]
 
 
@@ -57,6 +63,7 @@ def test_each_event_is_written_on_its_own_line() -> None:
     writer = StdoutSink(out)
     for kind in schema.KINDS:
         writer.write(published(kind, trigger_comm="multi\nline"))
+    writer.flush()
     assert [json.loads(line)["event"] for line in lines(out)] == list(schema.KINDS)
     assert json.loads(lines(out)[0])["trigger_comm"] == "multi\nline"
 
@@ -73,6 +80,32 @@ def test_unknown_kind_is_a_value_error_and_writes_nothing() -> None:
     with pytest.raises(ValueError, match="not an event kind: 'oom'"):
         StdoutSink(out).write({"event": "oom", "ts": None})
     assert out.getvalue() == ""
+
+
+def test_lines_wait_for_flush_and_leave_in_one_write() -> None:
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    sink = StdoutSink(Recording())
+    sink.write(published(schema.NEAR_OOM))
+    sink.write(published(schema.OOM_KILL))
+    assert writes == []
+    sink.flush()
+    sink.flush()  # nothing new: no empty write
+    assert len(writes) == 1
+    assert [json.loads(x)["event"] for x in writes[0].splitlines()] == ["near_oom", "oom_kill"]
+
+
+def test_close_writes_what_is_still_buffered() -> None:
+    out = io.StringIO()
+    sink = StdoutSink(out)
+    sink.write(published(schema.OOM_KILL))
+    sink.close()
+    assert json.loads(out.getvalue())["event"] == "oom_kill"
 
 
 def test_diagnostics_are_json_lines_with_ts_level_and_msg_first() -> None:
@@ -100,7 +133,7 @@ def test_diagnostics_never_write_to_the_event_stream(capsys: pytest.CaptureFixtu
 
 
 def test_events_go_to_stdout_by_default(capsys: pytest.CaptureFixture[str]) -> None:
-    StdoutSink().write(published(schema.NEAR_OOM))
+    write_one(None, published(schema.NEAR_OOM))
     captured = capsys.readouterr()
     assert json.loads(captured.out)["event"] == "near_oom"
     assert captured.err == ""

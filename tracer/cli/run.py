@@ -124,7 +124,7 @@ def build_daemon(
             interval_s=config.interval_s,
             ringbuf_pages=config.ringbuf_pages,
         )
-        source = BpfSource(bpf, pipeline.publish, metrics, log, load)
+        source = BpfSource(bpf, pipeline.publish, metrics, log, load, flush=pipeline.flush)
     return Daemon(config, source, pipeline, registry, clock, log, stream)
 
 

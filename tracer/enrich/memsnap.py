@@ -16,6 +16,8 @@ nearest ancestor with one) and its usage and peak, on cgroup v1 and v2.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,6 +34,11 @@ MAX_TASKS: Final = 4096
 DEFAULT_TOP: Final = 10
 # A memcg_oom snapshot is attached to the kills that follow within this time.
 ATTACH_WINDOW_NS: Final = 10 * 1_000_000_000
+# Kills of one cgroup within this time of a kill's snapshot share it, as the kills of one OOM
+# (memory.oom.group) share the cgroup they died in: a snapshot reads half a dozen files and every
+# task's status, and one per kill capped `oomtrace run` at ~3,000 kills/s. Two OOMs of one
+# cgroup are rarely this close (each waits for the last victim's exit and a reclaim retry).
+SHARE_WINDOW_NS: Final = 100 * 1_000_000
 _MAX_KEPT: Final = 1024
 
 # memory.stat essentials: (our key, v2 name, v1 name). v1 names are the hierarchical totals,
@@ -52,15 +59,22 @@ _V1_FILES: Final = (
 )
 
 
-def _read_text(path: Path, limit: int = 1 << 16) -> str | None:
+def _read_text(path: str | Path, limit: int = 1 << 16) -> str | None:
+    # os.open/os.read on a str: a kill's snapshot reads several files, and Path and io objects
+    # cost more than the read itself.
     try:
-        with open(path, "rb") as f:
-            return f.read(limit).decode("ascii", errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, limit).decode("ascii", errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def _read_int(path: Path) -> int | None:
+def _read_int(path: str | Path) -> int | None:
     text = _read_text(path, 64)
     if text is None:
         return None
@@ -69,31 +83,37 @@ def _read_int(path: Path) -> int | None:
 
 
 def is_v2(memory_root: Path) -> bool:
-    return (memory_root / "cgroup.controllers").is_file()
+    return _is_v2(str(memory_root))
 
 
-def _dir(memory_root: Path, cgroup: str) -> Path:
-    return memory_root / cgroup.lstrip("/")
+@functools.lru_cache(maxsize=16)
+def _is_v2(memory_root: str) -> bool:
+    """A mounted hierarchy does not change type while it is mounted."""
+    return os.path.isfile(f"{memory_root}/cgroup.controllers")
+
+
+def _dir(memory_root: Path, cgroup: str) -> str:
+    return f"{memory_root}/{cgroup.lstrip('/')}".rstrip("/")
 
 
 def read_limit(memory_root: Path, cgroup: str) -> int | None:
     """The cgroup's own memory limit in bytes; None for no limit or an unreadable cgroup."""
     directory = _dir(memory_root, cgroup)
     if is_v2(memory_root):
-        return _read_int(directory / "memory.max")  # "max" is not a number: None
-    limit = _read_int(directory / "memory.limit_in_bytes")
+        return _read_int(f"{directory}/memory.max")  # "max" is not a number: None
+    limit = _read_int(f"{directory}/memory.limit_in_bytes")
     return None if limit is None or limit >= _V1_UNLIMITED else limit
 
 
 def read_usage(memory_root: Path, cgroup: str) -> int | None:
     name = "memory.current" if is_v2(memory_root) else "memory.usage_in_bytes"
-    return _read_int(_dir(memory_root, cgroup) / name)
+    return _read_int(f"{_dir(memory_root, cgroup)}/{name}")
 
 
 def read_peak(memory_root: Path, cgroup: str) -> int | None:
     """The highest usage the cgroup reached (v1 max_usage_in_bytes; v2 memory.peak, 5.19+)."""
     name = "memory.peak" if is_v2(memory_root) else "memory.max_usage_in_bytes"
-    return _read_int(_dir(memory_root, cgroup) / name)
+    return _read_int(f"{_dir(memory_root, cgroup)}/{name}")
 
 
 def limited_ancestor(memory_root: Path, cgroup: str | None) -> tuple[str, int] | None:
@@ -102,7 +122,7 @@ def limited_ancestor(memory_root: Path, cgroup: str | None) -> tuple[str, int] |
     This is the cgroup a memcg OOM of a task in `cgroup` happens in (oom_memcg, when no probe
     tier says it). None if nothing up to the root has a limit, or the cgroup is gone.
     """
-    if not cgroup or not cgroup.startswith("/") or not _dir(memory_root, cgroup).is_dir():
+    if not cgroup or not cgroup.startswith("/") or not os.path.isdir(_dir(memory_root, cgroup)):
         return None
     path = cgroup.rstrip("/") or "/"
     while path != "/":
@@ -116,7 +136,7 @@ def limited_ancestor(memory_root: Path, cgroup: str | None) -> tuple[str, int] |
 def read_stat(memory_root: Path, cgroup: str) -> dict[str, int | None] | None:
     """memory.stat essentials in bytes, under one set of names for v1 and v2; absent ones None."""
     directory = _dir(memory_root, cgroup)
-    text = _read_text(directory / "memory.stat")
+    text = _read_text(f"{directory}/memory.stat")
     if text is None:
         return None
     raw: dict[str, int] = {}
@@ -130,13 +150,13 @@ def read_stat(memory_root: Path, cgroup: str) -> dict[str, int | None] | None:
     }
     if not v2:
         for ours, filename in _V1_FILES:
-            stat[ours] = _read_int(directory / filename)
+            stat[ours] = _read_int(f"{directory}/{filename}")
     return stat
 
 
 def read_task(proc_root: Path, pid: int) -> dict[str, Any] | None:
     """pid, comm, role and RSS (total, anon, file, shmem) from /proc/<pid>/status; None if gone."""
-    text = _read_text(proc_root / str(pid) / "status", 1 << 14)
+    text = _read_text(f"{proc_root}/{pid}/status", 1 << 14)
     if text is None:
         return None
     fields: dict[str, str] = {}
@@ -243,6 +263,8 @@ class SnapshotStage:
         self._now_ns = now_ns
         # memcg path → (its memcg_oom's ktime_ns, the snapshot taken then)
         self._recent: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+        # the kill's oom_memcg, else its task_memcg → (that kill's ktime_ns, its snapshot)
+        self._shared: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
 
     def start(self) -> None:
         """Nothing runs in the background: the stage reads cgroupfs and /proc per event."""
@@ -283,12 +305,15 @@ class SnapshotStage:
         taken = self._take(cgroup, event)
         event["memory_snapshot"] = taken
         if taken is not None and isinstance(event.get("ktime_ns"), int):
-            self._recent[cgroup] = (event["ktime_ns"], taken)
-            self._recent.move_to_end(cgroup)
-            while len(self._recent) > _MAX_KEPT:
-                self._recent.popitem(last=False)
+            _keep(self._recent, cgroup, event["ktime_ns"], taken)
 
     def _on_oom_kill(self, event: dict[str, Any]) -> None:
+        ktime = event.get("ktime_ns")
+        key = event.get("oom_memcg") or event.get("task_memcg")
+        shared = self._shared.get(key) if isinstance(key, str) else None
+        if shared is not None and isinstance(ktime, int) and 0 <= ktime - shared[0] <= SHARE_WINDOW_NS:
+            event["memory_snapshot"] = shared[1]
+            return
         cgroup = event.get("oom_memcg")
         if not cgroup:
             limited = limited_ancestor(self._root, event.get("task_memcg"))
@@ -296,8 +321,19 @@ class SnapshotStage:
                 return  # no limit above the victim: a global OOM, not one cgroup's
             cgroup = limited[0]
         kept = self._recent.get(cgroup)
-        ktime = event.get("ktime_ns")
         if kept is not None and isinstance(ktime, int) and 0 <= ktime - kept[0] <= ATTACH_WINDOW_NS:
             event["memory_snapshot"] = kept[1]
             return
-        event["memory_snapshot"] = self._take(cgroup, event, victim_task(event))
+        taken = self._take(cgroup, event, victim_task(event))
+        event["memory_snapshot"] = taken
+        if taken is not None and isinstance(key, str) and isinstance(ktime, int):
+            _keep(self._shared, key, ktime, taken)
+
+
+def _keep(
+    kept: OrderedDict[str, tuple[int, dict[str, Any]]], key: str, ktime_ns: int, taken: dict[str, Any]
+) -> None:
+    kept[key] = (ktime_ns, taken)
+    kept.move_to_end(key)
+    while len(kept) > _MAX_KEPT:
+        kept.popitem(last=False)

@@ -24,21 +24,25 @@ COMPILER_LIBRARIES: Final = ("libLLVM", "libclang")
 
 @dataclass(frozen=True)
 class Released:
-    before_bytes: int
+    before_bytes: int  # resident, all of it
     after_bytes: int
+    anon_before_bytes: int  # resident anonymous memory: the heap, ours alone
+    anon_after_bytes: int
     paged_out: bool  # False where the kernel lacks MADV_PAGEOUT
 
 
-def resident_bytes(status: Path = Path("/proc/self/status")) -> int:
+def resident_bytes(status: Path = Path("/proc/self/status"), field: str = "VmRSS") -> int:
+    """VmRSS, or another kB field of /proc/<pid>/status such as RssAnon."""
     for line in status.read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
 
 def compiler_mappings(maps: Path = Path("/proc/self/maps")) -> list[tuple[int, int]]:
     """Address ranges of the compiler libraries' mappings that are never written (no 'w'):
-    reclaiming a private written page would be safe too, but it would only go to swap."""
+    reclaiming a private written page would be safe too, but it would only go to swap. The kernel
+    pages out only what this process maps alone: pages another bcc process shares stay."""
     ranges = []
     for line in maps.read_text().splitlines():
         fields = line.split(maxsplit=5)
@@ -52,7 +56,7 @@ def compiler_mappings(maps: Path = Path("/proc/self/maps")) -> list[tuple[int, i
 
 def release() -> Released:
     """Frees what is garbage, returns free heap to the kernel, and pages out the compiler."""
-    before = resident_bytes()
+    before, anon_before = resident_bytes(), resident_bytes(field="RssAnon")
     gc.collect()
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.malloc_trim(0)
@@ -62,4 +66,4 @@ def release() -> Released:
         if libc.madvise(start, end - start, MADV_PAGEOUT) != 0:
             paged_out = False
             break
-    return Released(before, resident_bytes(), paged_out)
+    return Released(before, resident_bytes(), anon_before, resident_bytes(field="RssAnon"), paged_out)

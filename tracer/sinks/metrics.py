@@ -138,6 +138,9 @@ class Metrics:
     def close(self) -> None:
         """Nothing to release: the registry outlives the pipeline until the process ends."""
 
+    def flush(self) -> None:
+        """Nothing buffered here: write() hands each event on at once."""
+
     def write(self, event: Mapping[str, Any]) -> None:
         """Count one event of tracer.schema; raise ValueError (counting nothing) if it is malformed."""
         kind = event.get("event")

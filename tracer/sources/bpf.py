@@ -90,9 +90,14 @@ class BpfSource:
         metrics: Metrics,
         log: Any,
         load: Load = load_with_bcc,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
         self._publish = publish
+        # Hands on what was published: the daemon does after each poll; here, amid a burst.
+        self._flush = flush or (lambda: None)
+        self._records = 0  # records taken from the ring buffer
+        self._decoder: Decoder | None = None
         self._metrics = metrics
         self._log = log
         self._load = load
@@ -105,6 +110,21 @@ class BpfSource:
 
     def open(self) -> None:
         """Detects, plans, compiles and attaches. Raises LoadError, HeadersError or BtfError."""
+        from tracer.kernel import compiler_memory
+
+        self._load_programs()
+        # The BTF objects and the compiler are done with once _load_programs has returned.
+        released = compiler_memory.release()
+        self._log.info(
+            "gave back the compiler's memory",
+            rss_before_mib=round(released.before_bytes / 2**20, 1),
+            rss_after_mib=round(released.after_bytes / 2**20, 1),
+            anon_before_mib=round(released.anon_before_bytes / 2**20, 1),
+            anon_after_mib=round(released.anon_after_bytes / 2**20, 1),
+            compiler_paged_out=released.paged_out,
+        )
+
+    def _load_programs(self) -> None:
         from tracer.kernel import offsets
         from tracer.kernel.headers import find_headers
 
@@ -122,27 +142,13 @@ class BpfSource:
             "compiling BPF programs", headers=str(headers.path or "running kernel"), origin=headers.origin
         )
 
-        def on_record(data: bytes) -> None:
-            if self._failures:
-                return
-            try:
-                event = decoder.decode(data)
-            except DecodeError as err:
-                self._metrics.lost(schema.DECODE_ERROR, 1)
-                self._log.error("undecodable record", error=str(err))
-                return
-            try:
-                self._publish(event)
-            except Exception as err:  # bcc would print it and go on dropping every event: stop instead
-                self._log.error("cannot publish an event; stopping", error=str(err))
-                self._failures.append(err)
-
+        self._decoder = decoder
         tracer = self._load(
             plan,
             features,
             constants,
             headers,
-            on_record,
+            self.on_record,
             cfg.near_oom_quiet_s,
             lambda m: self._log.warning(m),
             ringbuf_pages=cfg.ringbuf_pages,
@@ -165,9 +171,27 @@ class BpfSource:
                 why_not_better=choice.reason or None,
             )
 
+    def on_record(self, data: bytes) -> None:
+        """One raw ring-buffer record (bcc calls it from poll and consume)."""
+        self._records += 1
+        if self._failures or self._decoder is None:
+            return
+        try:
+            event = self._decoder.decode(data)
+        except DecodeError as err:
+            self._metrics.lost(schema.DECODE_ERROR, 1)
+            self._log.error("undecodable record", error=str(err))
+            return
+        try:
+            self._publish(event)
+        except Exception as err:  # bcc would print it and go on dropping every event: stop instead
+            self._log.error("cannot publish an event; stopping", error=str(err))
+            self._failures.append(err)
+
     def use(self, tracer: Tracer, decoder: Decoder, memcg_known: bool) -> None:
         """Takes over loaded programs: open() calls it after loading; tests hand in stand-ins."""
         self._tracer = tracer
+        self._decoder = decoder
         self._summarizer = NearOomSummarizer(
             decoder,
             tracer.plan.tier(probes.NEAR_OOM),
@@ -192,7 +216,14 @@ class BpfSource:
         # A summary per cgroup that reclaimed: with hundreds of them this burst takes
         # milliseconds, and a kill that arrives meanwhile must not wait behind it.
         for event in events:
+            before = self._records
             tracer.consume()
+            if self._records != before:
+                try:
+                    self._flush()  # the kill goes out now, not after the rest of the burst
+                except Exception as err:
+                    self._log.error("cannot publish an event; stopping", error=str(err))
+                    raise
             self._publish(event)
         if stale:
             tracer.forget_near_oom(stale)

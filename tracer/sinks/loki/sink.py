@@ -75,6 +75,9 @@ class LokiSink:
 
     # -- producer side (the event loop) --
 
+    def flush(self) -> None:
+        """Nothing to do per poll: batches leave on their own schedule (--loki-batch-*)."""
+
     def write(self, event: dict[str, Any]) -> None:
         line = json.dumps(event, separators=(",", ":"), default=str)
         entry = (stream_labels(event), timestamp_ns(event), line)

@@ -154,6 +154,9 @@ class StreamHub:
     def start(self) -> None:
         """Nothing to start: the HTTP server's handler threads serve the subscriptions."""
 
+    def flush(self) -> None:
+        """Nothing buffered here: write() hands each event on at once."""
+
     def write(self, event: dict[str, Any]) -> None:
         """Publish one event to the replay buffer and every matching client. Never blocks on a client."""
         kind = event.get("event")
