@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "bench: no .venv here; run scripts/install.sh first" >&2; exit 2; }
+# The peers benchmark runs bcc's own oomkill tool beside oomtrace (here and in the VMs, which
+# share this root file system).
+[ -x /usr/sbin/oomkill-bpfcc ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q bpfcc-tools >&2
 exec "$PY" -m bench.run "$@"
