@@ -67,7 +67,11 @@ def _read_text(path: str | Path, limit: int = 1 << 16) -> str | None:
     except OSError:
         return None
     try:
-        return os.read(fd, limit).decode("ascii", errors="replace")
+        chunks, size = [], 0
+        while size < limit and (chunk := os.read(fd, limit - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks).decode("ascii", errors="replace")
     except OSError:
         return None
     finally:
