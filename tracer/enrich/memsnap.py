@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from tracer.enrich.vm.procfs import pids_in
+from tracer.enrich.vm.procfs import pids_in, read_bytes
 from tracer.enrich.vm.roles import role_of
 
 # A v1 limit at or above this is "no limit" (PAGE_COUNTER_MAX pages: 9223372036854771712 bytes).
@@ -60,22 +60,8 @@ _V1_FILES: Final = (
 
 
 def _read_text(path: str | Path, limit: int = 1 << 16) -> str | None:
-    # os.open/os.read on a str: a kill's snapshot reads several files, and Path and io objects
-    # cost more than the read itself.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        chunks, size = [], 0
-        while size < limit and (chunk := os.read(fd, limit - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks).decode("ascii", errors="replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    data = read_bytes(path, limit)
+    return None if data is None else data.decode("ascii", errors="replace")
 
 
 def _read_int(path: str | Path) -> int | None:

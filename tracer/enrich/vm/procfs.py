@@ -9,12 +9,23 @@ from pathlib import Path
 from tracer.resolve.tags import tags_for_path
 
 
-def read_bytes(path: Path, limit: int = 4096) -> bytes | None:
+def read_bytes(path: str | Path, limit: int = 4096) -> bytes | None:
+    """Up to `limit` bytes of a /proc or cgroupfs file; None if it cannot be read. os.open/os.read:
+    a kill's snapshot reads several files, and io objects cost more than the read itself."""
     try:
-        with open(path, "rb") as f:
-            return f.read(limit)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks, size = [], 0
+        while size < limit and (chunk := os.read(fd, limit - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_comm(proc_root: Path, pid: int) -> str | None:
