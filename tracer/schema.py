@@ -48,7 +48,16 @@ SUMMARY: Final = "summary"
 NEAR_OOM_PHASES: Final = (FIRST, SUMMARY)
 
 # Tags derived from a cgroup path (tracer.resolve.tags); present on every event.
-TAG_FIELDS: Final = ("cgroup", "pod_uid", "qos", "container_id", "runtime", "unit")
+TAG_FIELDS: Final = (
+    "cgroup",
+    "pod_uid",
+    "qos",
+    "container_id",
+    "runtime",  # containerd, crio, docker, podman, libvirt, systemd-nspawn, proxmox
+    "runtime_namespace",  # containerd's namespace (ctr -n / nerdctl --namespace)
+    "machine",  # a machine outside Kubernetes: libvirt/machined name, nspawn container, Proxmox VM id
+    "unit",
+)
 
 COMMON_FIELDS: Final = ("event", "ts", "ktime_ns", "node", "tier")
 
@@ -63,7 +72,7 @@ ATTRIBUTION_FIELDS: Final = (
     "labels",  # allow-listed pod labels, {key: value}
     "annotations",  # allow-listed pod annotations, {key: value}
     "owner",  # the controlling owner, {"kind": ..., "name": ...}
-    "vm",  # "<namespace>/<vmi>" of a KubeVirt VM pod
+    "vm",  # "<namespace>/<vmi>" of a KubeVirt VM pod; a plain-host VM's own name (libvirt domain)
     "guest_memory_bytes",  # the VM's RAM, from QEMU's command line
     "vcpus",
     "trigger_role",  # qemu, vcpu, virt-launcher, virt-launcher-monitor, virtqemud, libvirtd, virtlogd, other

@@ -11,6 +11,7 @@ from tracer import schema
 from tracer.enrich import overhead
 from tracer.enrich.overhead import MIB, OverheadStage, kubevirt_overhead, page_floor, parse_version, recommend
 from tracer.enrich.vm import QemuInfo
+from tracer.resolve.tags import tags_for_path
 
 GIB = 1 << 30
 UID = "968a06fb-9ab9-4819-8caf-0392ddff3d9b"
@@ -165,6 +166,24 @@ def test_a_qemu_kill_is_budgeted_against_the_nearest_limit_with_the_kernels_rss(
     # The numbers docs/attribution.md gives for the seed's VM.
     assert o["recommendation"]["reserved_memory"] == "135Mi"
     assert o["recommendation"]["additional_guest_memory_overhead_ratio"] == "1.6"
+
+
+def test_a_plain_host_vm_gets_its_budget_but_no_kubevirt_advice(tmp_path: Path) -> None:
+    node = FakeNode(tmp_path)
+    machine = "/machine/qemu-1-web1.libvirt-qemu"
+    node.cgroup(machine, limit=600 * MIB, peak=600 * MIB)
+    node.cgroup(f"{machine}/emulator")
+    event = schema.blank_event(schema.OOM_KILL)
+    event.update(
+        tags_for_path(f"{machine}/emulator"), task_memcg=f"{machine}/emulator", guest_memory_bytes=512 * MIB
+    )
+    event.update(vm="web1", anon_rss_bytes=530 * MIB, shmem_rss_bytes=0, victim_role="qemu")
+    o = stage_for(node, QemuInfo(None, 512 * MIB, 1, guest_name="web1"))(event)["overhead"]
+    assert (o["memcg"], o["limit_bytes"], o["overhead_budget_bytes"]) == (machine, 600 * MIB, 88 * MIB)
+    assert o["non_guest_usage_bytes"] == 88 * MIB  # peak 600 MiB less the 512 MiB of guest RAM QEMU held
+    assert (
+        o["kubevirt_version"] is None and o["kubevirt_overhead_bytes"] is None and o["recommendation"] is None
+    )
 
 
 def test_a_limit_on_the_pod_is_found_above_the_container(tmp_path: Path) -> None:

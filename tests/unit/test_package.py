@@ -68,11 +68,7 @@ def test_every_source_file_the_docs_name_exists() -> None:
     import re
 
     documents = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "tests").rglob("*.md")]
-    named = {
-        (doc.name, ref)
-        for doc in documents
-        for ref in re.findall(PROJECT_PATH, doc.read_text())
-    }
+    named = {(doc.name, ref) for doc in documents for ref in re.findall(PROJECT_PATH, doc.read_text())}
     # Not in a checkout, by design: benchmark output (git-ignored) and where an install puts bpf/.
     elsewhere = ("bench/results", "tracer/bpf")
     missing = sorted(

@@ -133,10 +133,7 @@ def test_ts_is_rfc3339_utc_with_microseconds_and_z() -> None:
 
 def test_ts_already_set_is_kept() -> None:
     e, _ = resolve_stage()
-    assert (
-        e(event(schema.NEAR_OOM, ts="2020-01-01T00:00:00.000000Z"))["ts"]
-        == "2020-01-01T00:00:00.000000Z"
-    )
+    assert e(event(schema.NEAR_OOM, ts="2020-01-01T00:00:00.000000Z"))["ts"] == "2020-01-01T00:00:00.000000Z"
 
 
 def test_without_ktime_there_is_no_ts() -> None:

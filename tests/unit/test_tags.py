@@ -24,6 +24,7 @@ STATIC_UID = "3f9a2d1c8b7e6f5a4d3c2b1a09f8e7d6"  # md5 of a static pod's manifes
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
+MACHINE_RE = re.compile(r"[A-Za-z0-9:_.@+-]{1,250}")
 
 
 Tags = dict[str, str | None]
@@ -35,6 +36,8 @@ def tags(
     qos: str | None = None,
     container_id: str | None = None,
     runtime: str | None = None,
+    runtime_namespace: str | None = None,
+    machine: str | None = None,
     unit: str | None = None,
 ) -> Tags:
     return {
@@ -43,6 +46,8 @@ def tags(
         "qos": qos,
         "container_id": container_id,
         "runtime": runtime,
+        "runtime_namespace": runtime_namespace,
+        "machine": machine,
         "unit": unit,
     }
 
@@ -216,24 +221,124 @@ NOT_KUBERNETES = [
         "user manager's app scope: innermost unit",
         unit="app-gnome-firefox-1234.scope",
     ),
+    case("/system.slice/containerd.service/sub", "delegated subtree of a service", unit="containerd.service"),
+    case("/init.scope", "systemd's own scope", unit="init.scope"),
+    case("/oomtrace-test/c1", "ctr's /<namespace>/<id> shape: the path alone establishes nothing"),
+]
+
+# Containers and VMs that plain hosts run themselves (docs/attribution.md's table). Shapes from
+# the runtimes' own cgroup code; the cgroupfs ones are also what tests/kernel/test_runtimes.py
+# sees from the real runtimes here.
+HOST = [
+    case(f"/docker/{CID}", "docker, cgroupfs driver", container_id=CID, runtime="docker"),
+    case(f"/docker/{CID}/sub", "docker container's own sub-cgroup", container_id=CID, runtime="docker"),
+    case(
+        f"/system.slice/docker-{CID}.scope",
+        "docker, systemd driver",
+        container_id=CID,
+        runtime="docker",
+        unit=f"docker-{CID}.scope",
+    ),
+    case(f"/libpod_parent/libpod-{CID}", "podman, cgroupfs manager", container_id=CID, runtime="podman"),
+    case(
+        f"/machine.slice/libpod-{CID}.scope/container",
+        "podman, systemd manager, with its inner cgroup",
+        container_id=CID,
+        runtime="podman",
+        unit=f"libpod-{CID}.scope",
+    ),
+    case(
+        f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope",
+        "rootless podman",
+        container_id=CID,
+        runtime="podman",
+        unit=f"libpod-{CID}.scope",
+    ),
+    case(
+        f"/machine.slice/libpod-conmon-{CID}.scope",
+        "podman's conmon: the runtime, not the container",
+        runtime="podman",
+        unit=f"libpod-conmon-{CID}.scope",
+    ),
+    case(
+        f"/system.slice/nerdctl-{CID}.scope",
+        "nerdctl (containerd), systemd driver",
+        container_id=CID,
+        runtime="containerd",
+        unit=f"nerdctl-{CID}.scope",
+    ),
     case(
         r"/machine.slice/machine-qemu\x2d1\x2dharv41.scope",
         "libvirt vm scope with systemd escapes",
+        runtime="libvirt",
+        machine="qemu-1-harv41",
         unit=r"machine-qemu\x2d1\x2dharv41.scope",
     ),
     case(
         r"/machine.slice/machine-qemu\x2d1\x2dharv41.scope/libvirt/emulator",
         "libvirt sub-cgroup belongs to the vm scope",
+        runtime="libvirt",
+        machine="qemu-1-harv41",
         unit=r"machine-qemu\x2d1\x2dharv41.scope",
     ),
     case(
-        f"/system.slice/docker-{CID}.scope",
-        "plain docker container outside kubernetes: unit only",
-        unit=f"docker-{CID}.scope",
+        "/machine/qemu-2-default_vm1.libvirt-qemu/vcpu0",
+        "libvirt, cgroupfs layout (no systemd)",
+        runtime="libvirt",
+        machine="qemu-2-default_vm1",
     ),
-    case("/system.slice/containerd.service/sub", "delegated subtree of a service", unit="containerd.service"),
-    case(f"/docker/{CID}", "cgroupfs docker outside kubernetes: nothing"),
-    case("/init.scope", "systemd's own scope", unit="init.scope"),
+    case(
+        "/machine/web.libvirt-qemu", "libvirt before 6.x, cgroupfs layout", runtime="libvirt", machine="web"
+    ),
+    case(
+        "/machine.slice/systemd-nspawn@debian.service/payload",
+        "systemd-nspawn as a service",
+        runtime="systemd-nspawn",
+        machine="debian",
+        unit="systemd-nspawn@debian.service",
+    ),
+    case(
+        "/machine.slice/machine-debian.scope",
+        "a machined machine of no known runtime (nspawn by hand): the name only",
+        machine="debian",
+        unit="machine-debian.scope",
+    ),
+    case("/qemu.slice/101.scope", "proxmox vm", runtime="proxmox", machine="101", unit="101.scope"),
+    case(
+        f"/docker/{CID}/kubepods/pod{UID}", "a kind node's pod: the pod wins", pod_uid=UID, qos="guaranteed"
+    ),
+]
+
+# A runtime we do not know, an id that is not hex, escapes that decode to what no name holds.
+FOREIGN = [
+    case(f"/docker/{CID[:-1]}g", "docker id that is not hex"),
+    case(f"/docker/{CID.upper()}", "docker id in upper case"),
+    case(f"/libpod_parent/libpod-{CID[:-1]}", "podman id one digit short"),
+    case(f"/system.slice/rkt-{CID}.scope", "a runtime we do not know", unit=f"rkt-{CID}.scope"),
+    case(
+        r"/machine.slice/machine-a\x1b\x5b31m.scope",
+        "terminal escape in a machine name",
+        unit=r"machine-a\x1b\x5b31m.scope",
+    ),
+    case(
+        r"/machine.slice/machine-a\x2fb.scope",
+        "escaped slash in a machine name",
+        unit=r"machine-a\x2fb.scope",
+    ),
+    case(
+        r"/machine.slice/machine-a\x0a.scope",
+        "escaped newline in a machine name",
+        unit=r"machine-a\x0a.scope",
+    ),
+    case("/machine.slice/machine-.scope", "empty machine name", unit="machine-.scope"),
+    case(
+        "/system.slice/machine-qemu-1-x.scope",
+        "machine scope outside machine.slice",
+        unit="machine-qemu-1-x.scope",
+    ),
+    case("/elsewhere/web.libvirt-qemu", "libvirt suffix outside /machine"),
+    case("/qemu.slice/99.scope", "proxmox ids start at 100", unit="99.scope"),
+    case("/qemu.slice/0101.scope", "proxmox id with a leading zero", unit="0101.scope"),
 ]
 
 GARBAGE = [
@@ -305,6 +410,16 @@ def test_other_cgroup_is_tagged_with_its_systemd_unit_only(path: str, expected: 
     assert tags_for_path(path) == expected
 
 
+@pytest.mark.parametrize(("path", "expected"), HOST)
+def test_host_runtime_cgroup_is_tagged_with_its_container_or_machine(path: str, expected: Tags) -> None:
+    assert tags_for_path(path) == expected
+
+
+@pytest.mark.parametrize(("path", "expected"), FOREIGN)
+def test_foreign_or_bad_host_path_yields_no_runtime_tag(path: str, expected: Tags) -> None:
+    assert tags_for_path(path) == expected
+
+
 @pytest.mark.parametrize(("path", "expected"), GARBAGE)
 def test_malformed_path_leaves_unprovable_tags_unset(path: str, expected: Tags) -> None:
     assert tags_for_path(path) == expected
@@ -332,9 +447,21 @@ def assert_well_formed(path: str) -> None:
     assert result["pod_uid"] is None or UUID_RE.fullmatch(result["pod_uid"])
     assert result["container_id"] is None or HEX64_RE.fullmatch(result["container_id"])
     assert result["qos"] in (None, "guaranteed", "burstable", "besteffort")
-    assert result["runtime"] in (None, "containerd", "crio", "docker")
-    if result["pod_uid"] is not None or result["container_id"] is not None:
-        assert result["unit"] is None
+    assert result["runtime"] in (
+        None,
+        "containerd",
+        "crio",
+        "docker",
+        "podman",
+        "libvirt",
+        "systemd-nspawn",
+        "proxmox",
+    )
+    assert result["runtime_namespace"] is None  # only the containerd state check sets it
+    machine = result["machine"]
+    assert machine is None or (MACHINE_RE.fullmatch(machine) and machine.isprintable())
+    if result["pod_uid"] is not None:
+        assert result["unit"] is None  # a pod's path is kubelet's, not a systemd unit's
     for key in ("pod_uid", "container_id", "unit"):
         value = result[key]
         assert value is None or value in path or value.replace("-", "_") in path
@@ -370,6 +497,20 @@ COMPONENTS = st.sampled_from(
         f"docker-{CID}x.scope",
         "system.slice",
         "foo.service",
+        "docker",
+        "libpod_parent",
+        f"libpod-{CID}",
+        f"libpod-conmon-{CID}.scope",
+        f"nerdctl-{CID}.scope",
+        "machine.slice",
+        "machine",
+        r"machine-qemu\x2d1\x2dweb.scope",
+        r"machine-a\x1b\x5b31m.scope",
+        r"machine-\x2f.scope",
+        "systemd-nspawn@deb.service",
+        "qemu-1-web.libvirt-qemu",
+        "qemu.slice",
+        "101.scope",
         "..",
         "",
     ]

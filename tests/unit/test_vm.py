@@ -14,6 +14,7 @@ from tests.fake_node import KUBEVIRT_CMDLINE, FakeNode, argv
 from tracer import schema
 from tracer.enrich import vm
 from tracer.enrich.vm import PodHint, QemuInfo, VmLocator, VmStage, parse_qemu_cmdline, procfs, role_of
+from tracer.resolve.tags import tags_for_path
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -40,6 +41,7 @@ def test_a_kubevirt_command_line_gives_vm_guest_memory_vcpus_and_devices() -> No
         tpm=False,
         sev=False,
         pid=8823,
+        guest_name="default_vm2",
     )
 
 
@@ -242,16 +244,16 @@ def node(tmp_path: Path) -> FakeNode:
 def test_the_scan_learns_a_pods_qemu_and_reads_its_command_line_once(node: FakeNode) -> None:
     node.process(8542, "virt-launcher-m", CONTAINER)
     node.process(8823, "qemu-system-x86", CONTAINER, argv(*KUBEVIRT_CMDLINE))
-    found: list[vm.PodVm] = []
+    found: list[vm.FoundVm] = []
     locator = VmLocator(node.memory_root, node.proc, on_found=found.append)
     assert locator.scan() == 1
     for _ in range(3):
         locator.scan()
-        assert locator.for_pod(UID, CONTAINER) is not None
+        assert locator.for_vm(UID, CONTAINER) is not None
     info = locator.known(UID)
     assert info is not None and info.vm == "default/vm2" and info.pid == 8823
     assert locator.cmdline_reads == 1
-    assert [f.pod_uid for f in found] == [UID]
+    assert [f.key for f in found] == [UID]
 
 
 def test_an_event_racing_the_scan_thread_for_a_qemu_waits_for_its_command_line(
@@ -275,7 +277,7 @@ def test_an_event_racing_the_scan_thread_for_a_qemu_waits_for_its_command_line(
     scanner.start()
     assert reading.wait(10)
     answers: list[QemuInfo | None] = []
-    event_path = threading.Thread(target=lambda: answers.append(locator.for_pod(UID, CONTAINER)))
+    event_path = threading.Thread(target=lambda: answers.append(locator.for_vm(UID, CONTAINER)))
     event_path.start()
     event_path.join(0.2)
     assert event_path.is_alive()  # waiting for the scanner's read, not answering None
@@ -314,6 +316,59 @@ def test_an_old_process_is_not_read_again(node: FakeNode) -> None:
     assert locator.scan() == 0
 
 
+LIBVIRT_MACHINE = r"/machine.slice/machine-qemu\x2d1\x2dweb1.scope"
+LIBVIRT_EMULATOR = f"{LIBVIRT_MACHINE}/libvirt/emulator"
+
+
+def test_a_libvirt_machines_qemu_on_a_plain_host_is_a_vm_named_by_its_domain(node: FakeNode) -> None:
+    node.cgroup(LIBVIRT_EMULATOR)
+    cmdline = argv(
+        "/usr/bin/qemu-system-x86_64",
+        "-name",
+        "guest=web1,debug-threads=on",
+        "-m",
+        "size=524288k",
+        "-smp",
+        "2",
+    )
+    node.process(900, "qemu-system-x86", LIBVIRT_EMULATOR, cmdline)
+    locator = VmLocator(node.memory_root, node.proc)
+    assert locator.scan() == 1
+    info = locator.known("machine/qemu-1-web1")
+    assert info is not None and info.vm is None and info.guest_name == "web1"
+    event = schema.blank_event(schema.OOM_KILL)
+    event.update(tags_for_path(LIBVIRT_EMULATOR), victim_comm="qemu-system-x86", victim_tgid=900)
+    out = VmStage(locator, node.proc)(event)
+    assert (out["vm"], out["guest_memory_bytes"], out["vcpus"], out["victim_role"]) == (
+        "web1",
+        512 * MIB,
+        2,
+        "qemu",
+    )
+
+
+def test_a_plain_host_vm_is_found_by_an_event_before_the_scan(node: FakeNode) -> None:
+    node.cgroup("/machine/qemu-4-db.libvirt-qemu/emulator")
+    node.process(
+        901,
+        "qemu-system-x86",
+        "/machine/qemu-4-db.libvirt-qemu/emulator",
+        argv("qemu", "-name", "db", "-m", "256"),
+    )
+    locator = VmLocator(node.memory_root, node.proc)
+    info = locator.for_vm("machine/qemu-4-db", "/machine/qemu-4-db.libvirt-qemu/vcpu0")
+    assert info is not None and info.guest_name == "db" and info.guest_memory_bytes == 256 * MIB
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a\x1b[31mred", "a/b", "", "x" * 300, "tab\there"],
+    ids=["escape", "slash", "empty", "long", "tab"],
+)
+def test_a_guest_name_no_machine_can_have_is_not_a_vm_name(name: str) -> None:
+    assert qemu("-name", f"guest={name}").guest_name is None
+
+
 def test_qemu_outside_a_pod_is_not_a_kubevirt_vm_and_its_command_line_is_not_read(node: FakeNode) -> None:
     node.process(700, "qemu-system-x86", "/system.slice/libvirtd.service", argv("qemu", "-name", "guest=a_b"))
     locator = VmLocator(node.memory_root, node.proc)
@@ -324,11 +379,11 @@ def test_qemu_outside_a_pod_is_not_a_kubevirt_vm_and_its_command_line_is_not_rea
 def test_an_event_for_an_unknown_pod_scans_that_pod_once_per_interval(node: FakeNode) -> None:
     clock = [100.0]
     locator = VmLocator(node.memory_root, node.proc, clock=lambda: clock[0])
-    assert locator.for_pod(UID, CONTAINER) is None  # scanned: no QEMU yet
+    assert locator.for_vm(UID, CONTAINER) is None  # scanned: no QEMU yet
     node.process(8823, "qemu-system-x86", CONTAINER, argv(*KUBEVIRT_CMDLINE))
-    assert locator.for_pod(UID, CONTAINER) is None  # not again so soon
+    assert locator.for_vm(UID, CONTAINER) is None  # not again so soon
     clock[0] += vm.POD_RESCAN_S
-    info = locator.for_pod(UID, CONTAINER)
+    info = locator.for_vm(UID, CONTAINER)
     assert info is not None and info.guest_memory_bytes == 2042626048
 
 
@@ -338,7 +393,7 @@ def test_what_was_learnt_outlives_the_qemu_process(node: FakeNode) -> None:
     locator.scan()
     node.exit(8823)  # OOM-killed
     locator.scan()
-    info = locator.for_pod(UID, CONTAINER)
+    info = locator.for_vm(UID, CONTAINER)
     assert info is not None and info.vm == "default/vm2"
 
 

@@ -13,6 +13,7 @@ from tracer.diagnostics import stderr_log
 from tracer.errors import UsageError
 from tracer.pipeline import Pipeline, Sink, Stage
 from tracer.resolve.cgroups import CgroupResolver
+from tracer.resolve.containerd import ContainerdTasks
 from tracer.resolve.stage import ResolveStage
 from tracer.sinks.metrics import Metrics
 from tracer.sinks.stdout import StdoutSink
@@ -93,7 +94,7 @@ def build_daemon(
     except ValueError as err:  # e.g. a --cgroup-root with no cgroup hierarchy: the user's to fix
         raise UsageError(str(err)) from None
     clock = WallClock()
-    stages: list[Stage] = [ResolveStage(resolver, config.node, clock)]
+    stages: list[Stage] = [ResolveStage(resolver, config.node, clock, ContainerdTasks().tags)]
     if attribution:
         stages += attribution_stages(args, config, Path(resolver.memory_root), registry, log)
     sinks: list[Sink] = [StdoutSink(stdout), metrics]
@@ -187,7 +188,7 @@ def attribution_stages(
     locator = vm.VmLocator(
         memory_root, proc_root, float(args.vm_scan_interval),
         on_found=lambda found: log.info(
-            "vm found", pod_uid=found.pod_uid, vm=found.info.vm, pid=found.info.pid,
+            "vm found", key=found.key, vm=found.info.vm or found.info.guest_name, pid=found.info.pid,
             guest_memory_bytes=found.info.guest_memory_bytes, vcpus=found.info.vcpus,
         ),
     )  # fmt: skip

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from tracer.enrich import memsnap
+from tracer.enrich.vm.procfs import vm_key
 from tracer.enrich.vm.qemu import QemuInfo
 from tracer.enrich.vm.roles import QEMU
 
@@ -252,7 +253,7 @@ class OverheadStage:
 
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
         guest = event.get("guest_memory_bytes")
-        if not isinstance(guest, int) or event.get("pod_uid") is None:
+        if not isinstance(guest, int) or vm_key(event) is None:
             return event
         try:
             event["overhead"] = self.analyse(event, guest)
@@ -266,7 +267,8 @@ class OverheadStage:
             return None  # no cgroup with a limit above the task: nothing to budget
         memcg, limit = limited
         usage, source = self._usage(event, memcg, limit)
-        info = self._vm_info(event["pod_uid"])
+        key = vm_key(event)
+        info = self._vm_info(key) if key is not None else None
         resident_qemu = _qemu_resident(event)
         if resident_qemu is None and info is not None and info.pid is not None:
             task = memsnap.read_task(self._proc, info.pid)
@@ -299,6 +301,11 @@ class OverheadStage:
             "kubevirt_overhead_bytes": base + (100 * MIB if dedicated else 0),
             "recommendation": None,
         }
+        if event.get("pod_uid") is None:
+            # A VM the host's own hypervisor runs: no KubeVirt formula, no Harvester setting to
+            # advise; the budget and what used it are the facts.
+            result["kubevirt_version"] = result["kubevirt_overhead_bytes"] = None
+            return result
         if non_guest is not None:
             rec = recommend(non_guest, base, 100 * MIB if dedicated else 0, limit - guest).as_dict()
             # KubeVirt's page-table term uses the memory request, which may be below the guest

@@ -4,6 +4,7 @@ Runs per event, so it never walks the filesystem itself: the resolver answers fr
 cache and rescans at most once a second on a miss.
 """
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from tracer import schema
@@ -32,10 +33,19 @@ class PathResolver(Protocol):
 
 
 class ResolveStage:
-    def __init__(self, resolver: PathResolver, node: str, clock: WallClock) -> None:
+    def __init__(
+        self,
+        resolver: PathResolver,
+        node: str,
+        clock: WallClock,
+        runtime_tags: Callable[[str | None], dict[str, str] | None] | None = None,
+    ) -> None:
         self._resolver = resolver
         self._node = node
         self._clock = clock
+        # Tags the path alone cannot establish (ctr's /<namespace>/<id>): asked only when the
+        # path gave no runtime.
+        self._runtime_tags = runtime_tags
 
     def start(self) -> None:
         """One walk of the hierarchy before the first event, so existing cgroups resolve at once."""
@@ -56,5 +66,9 @@ class ResolveStage:
                 event[path_field] = self._resolver.path(cgroup_id)
         for field in _INTERNAL_IDS:
             event.pop(field, None)
-        event.update(tags_for_path(event.get(pairs[0][1])))
+        path = event.get(pairs[0][1])
+        tags = tags_for_path(path)
+        if tags["runtime"] is None and tags["pod_uid"] is None and self._runtime_tags is not None:
+            tags.update(self._runtime_tags(path) or {})
+        event.update(tags)
         return event

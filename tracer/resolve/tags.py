@@ -7,8 +7,21 @@ to its hierarchy root, with a leading "/". Both kubelet cgroup drivers are under
     cgroupfs: /kubepods/burstable/pod<uid, ->/<leaf>
 
 with an optional kubelet cgroup root in front (`/kubelet.slice/kubelet-kubepods.slice/...`,
-`/kubelet/kubepods/...`, or a whole outer container such as a kind node). A value that
-cannot be established from the path is None, never a guess: when in doubt, leave it out.
+`/kubelet/kubepods/...`, or a whole outer container such as a kind node).
+
+Outside Kubernetes (the plain hosts that run containers and VMs themselves), on either
+cgroup driver:
+
+    Docker          /docker/<id>                          .../docker-<id>.scope
+    Podman          /libpod_parent/libpod-<id>            .../libpod-<id>.scope, libpod-conmon-<id>.scope
+    containerd      (ctr's /<namespace>/<id>: tracer.resolve.containerd, it needs the runtime's state)
+    nerdctl         .../nerdctl-<id>.scope
+    libvirt QEMU    /machine/<name>.libvirt-qemu          /machine.slice/machine-qemu\x2d<n>\x2d<name>.scope
+    nspawn          /machine.slice/systemd-nspawn@<name>.service
+    Proxmox VE      /qemu.slice/<vmid>.scope
+
+A value that cannot be established from the path is None, never a guess: when in doubt,
+leave it out.
 """
 
 import re
@@ -24,6 +37,12 @@ BESTEFFORT: Final = "besteffort"
 CONTAINERD: Final = "containerd"
 CRIO: Final = "crio"
 DOCKER: Final = "docker"
+PODMAN: Final = "podman"
+LIBVIRT: Final = "libvirt"
+NSPAWN: Final = "systemd-nspawn"
+PROXMOX: Final = "proxmox"
+# Runtimes whose machines are VMs run by QEMU (the VM stage looks for QEMU in them).
+HYPERVISORS: Final = frozenset((LIBVIRT, PROXMOX))
 
 # Longer than PATH_MAX cannot come from the kernel; don't spend regex time on it.
 _MAX_PATH_LEN: Final = 4096
@@ -56,6 +75,28 @@ _RUNTIME_BY_PREFIX: Final[dict[str | None, str | None]] = {
 }
 
 
+# Host runtimes, one cgroup component each: group 1 is the container id.
+_HOST_CONTAINERS: Final = (
+    (re.compile(rf"docker-({_HEX64})\.scope", re.ASCII), DOCKER),
+    (re.compile(rf"libpod-({_HEX64})(?:\.scope)?", re.ASCII), PODMAN),
+    (re.compile(rf"nerdctl-({_HEX64})\.scope", re.ASCII), CONTAINERD),
+)
+# Podman's per-container monitor, beside the container as CRI-O's is: the runtime, no container.
+_PODMAN_CONMON: Final = re.compile(rf"libpod-conmon-{_HEX64}\.scope", re.ASCII)
+# Machine names as systemd writes them in unit names (\xNN escapes) and as libvirt's cgroupfs
+# layout writes them. libvirt names a QEMU machine "qemu-<domain id>-<domain name>".
+_ESCAPED_NAME: Final = r"(?:[A-Za-z0-9:_.@]|\\x[0-9a-f]{2}){1,250}"
+_MACHINE_SCOPE: Final = re.compile(rf"machine-({_ESCAPED_NAME})\.scope", re.ASCII)
+_NSPAWN_SERVICE: Final = re.compile(rf"systemd-nspawn@({_ESCAPED_NAME})\.service", re.ASCII)
+_LIBVIRT_CGROUPFS: Final = re.compile(r"([A-Za-z0-9_.+-]{1,250})\.libvirt-qemu", re.ASCII)
+_LIBVIRT_QEMU_MACHINE: Final = re.compile(r"qemu-[0-9]{1,9}-.+", re.ASCII | re.DOTALL)
+# Proxmox VE VM ids are 100..999999999.
+_PROXMOX_SCOPE: Final = re.compile(r"([1-9][0-9]{2,8})\.scope", re.ASCII)
+_ESCAPE: Final = re.compile(r"\\x([0-9a-f]{2})", re.ASCII)
+# What a decoded machine name may hold: systemd's and libvirt's own name alphabets.
+_MACHINE_NAME: Final = re.compile(r"[A-Za-z0-9:_.@+-]{1,250}", re.ASCII)
+
+
 def tags_for_path(path: str | None) -> dict[str, str | None]:
     """The TAG_FIELDS of a cgroup path; unknown values are None. Never raises."""
     # A fresh dict per call: callers merge it into events and may mutate it.
@@ -64,16 +105,18 @@ def tags_for_path(path: str | None) -> dict[str, str | None]:
 
 @lru_cache(maxsize=4096)
 def _tags(path: str | None) -> tuple[str | None, ...]:
-    # Order follows TAG_FIELDS: cgroup, pod_uid, qos, container_id, runtime, unit.
+    # Order follows TAG_FIELDS: cgroup, pod_uid, qos, container_id, runtime, runtime_namespace,
+    # machine, unit.
     if not path:
-        return (None, None, None, None, None, None)
+        return (None,) * 8
     parts = _components(path)
     if parts is None:
-        return (path, None, None, None, None, None)
+        return (path,) + (None,) * 7
     k8s = _kubernetes(parts)
     if k8s is not None:
-        return (path, *k8s, None)
-    return (path, None, None, None, None, _unit(parts))
+        return (path, *k8s, None, None, None)
+    container_id, runtime, machine = _host(parts)
+    return (path, None, None, container_id, runtime, None, machine, _unit(parts))
 
 
 def _components(path: str) -> list[str] | None:
@@ -168,6 +211,53 @@ def _container(leaf: re.Pattern[str], rest: list[str]) -> tuple[str | None, str 
         # it uses is not the container's. Tag the runtime, not the container.
         return (None, runtime)
     return (container_id, runtime)
+
+
+def _host(parts: list[str]) -> tuple[str | None, str | None, str | None]:
+    """(container_id, runtime, machine) of a host runtime's container or machine, outermost first
+    (a container inside a machine is the machine's: its limit is what the host set)."""
+    for i, part in enumerate(parts):
+        if part == "docker" and i + 1 < len(parts) and re.fullmatch(_HEX64, parts[i + 1], re.ASCII):
+            return (parts[i + 1], DOCKER, None)
+        for pattern, runtime in _HOST_CONTAINERS:
+            m = pattern.fullmatch(part)
+            if m is not None:
+                return (m.group(1), runtime, None)
+        if _PODMAN_CONMON.fullmatch(part):
+            return (None, PODMAN, None)
+        machine = _machine(part, parts[i - 1] if i else None)
+        if machine is not None:
+            return machine
+    return (None, None, None)
+
+
+def _machine(part: str, parent: str | None) -> tuple[None, str | None, str] | None:
+    """(None, runtime, machine name) if `part` is a machine's cgroup, else None."""
+    m = _MACHINE_SCOPE.fullmatch(part)
+    if m is not None and parent == "machine.slice":
+        name = _unescape(m.group(1))
+        if name is None:
+            return None
+        # machined scopes come from libvirt (qemu-<id>-<name>) and from nspawn run by hand.
+        return (None, LIBVIRT if _LIBVIRT_QEMU_MACHINE.fullmatch(name) else None, name)
+    m = _NSPAWN_SERVICE.fullmatch(part)
+    if m is not None and parent == "machine.slice":
+        name = _unescape(m.group(1))
+        return None if name is None else (None, NSPAWN, name)
+    m = _LIBVIRT_CGROUPFS.fullmatch(part)
+    if m is not None and parent == "machine":
+        return (None, LIBVIRT, m.group(1))
+    m = _PROXMOX_SCOPE.fullmatch(part)
+    if m is not None and parent == "qemu.slice":
+        return (None, PROXMOX, m.group(1))
+    return None
+
+
+def _unescape(name: str) -> str | None:
+    """A systemd-escaped name decoded; None unless it decodes to a name a machine can have
+    (an escaped "/", control character or terminal escape is not one)."""
+    decoded = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), name)
+    return decoded if _MACHINE_NAME.fullmatch(decoded) else None
 
 
 def _unit(parts: list[str]) -> str | None:

@@ -19,8 +19,8 @@ is empty: what was learnt while it ran is what names the kill.
 """
 
 
-from tracer.enrich.vm.locator import MAX_PODS, POD_RESCAN_S, YOUNG_S, PodVm, VmLocator
-from tracer.enrich.vm.procfs import pids_in, pod_cgroup, read_comm
+from tracer.enrich.vm.locator import MAX_PODS, POD_RESCAN_S, YOUNG_S, FoundVm, VmLocator
+from tracer.enrich.vm.procfs import pids_in, read_comm, vm_cgroup, vm_key
 from tracer.enrich.vm.qemu import (
     MAX_CMDLINE_BYTES,
     MAX_GUEST_MEMORY_BYTES,
@@ -47,6 +47,6 @@ from tracer.enrich.vm.stage import PodHint, VmStage
 __all__ = [
     "LIBVIRTD", "MAX_CMDLINE_BYTES", "MAX_GUEST_MEMORY_BYTES", "MAX_PODS", "MAX_VCPUS", "OTHER",
     "POD_RESCAN_S", "QEMU", "VCPU", "VIRTLOGD", "VIRTQEMUD", "VIRT_LAUNCHER", "VIRT_LAUNCHER_MONITOR",
-    "YOUNG_S", "PodHint", "PodVm", "QemuInfo", "VmLocator", "VmStage", "is_qemu_comm", "parse_qemu_cmdline",
-    "parse_size", "pids_in", "pod_cgroup", "read_comm", "role_of", "split_opts",
+    "YOUNG_S", "FoundVm", "PodHint", "QemuInfo", "VmLocator", "VmStage", "is_qemu_comm", "parse_qemu_cmdline",
+    "parse_size", "pids_in", "read_comm", "role_of", "split_opts", "vm_cgroup", "vm_key",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Which QEMU process (and so which VM) runs in each pod: a background /proc scan and a per-pod cache."""
+"""Which QEMU process (so which VM) runs in each pod or host machine: a background /proc scan, a cache."""
 
 from __future__ import annotations
 
@@ -27,20 +27,20 @@ YOUNG_S: Final = 10.0
 
 
 @dataclass(frozen=True)
-class PodVm:
-    pod_uid: str
+class FoundVm:
+    key: str  # procfs.vm_key: the pod UID, or machine/<name> for a plain-host VM
     info: QemuInfo
 
 
 class VmLocator:
-    """Finds the QEMU process of each pod and keeps what its command line says.
+    """Finds the QEMU process of each VM pod or host machine and keeps what its command line says.
 
     `scan()` (run by `start()` every `scan_interval_s` in a thread) reads the comm of
     processes younger than YOUNG_S (a fork is named after its parent until it execs; the
     processes already there at the first scan are read once), and the cgroup and command
-    line of each new QEMU process once. `for_pod()` is
-    the event path: cache first; on a miss at most one scan of that pod's cgroup per
-    POD_RESCAN_S. Thread-safe.
+    line of each new QEMU process once. `for_vm()` is
+    the event path: cache first; on a miss at most one scan of that VM's cgroup per
+    POD_RESCAN_S. Thread-safe. VMs are known by `procfs.vm_key`.
     """
 
     def __init__(
@@ -49,7 +49,7 @@ class VmLocator:
         proc_root: Path = Path("/proc"),
         scan_interval_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        on_found: Callable[[PodVm], None] | None = None,
+        on_found: Callable[[FoundVm], None] | None = None,
     ) -> None:
         self._memory_root = memory_root
         self._proc = proc_root
@@ -108,7 +108,7 @@ class VmLocator:
             self._parsed &= alive | {i.pid for i in self._pods.values() if i.pid is not None}
         return learnt
 
-    def _learn(self, pid: int, pod_uid: str | None) -> bool:
+    def _learn(self, pid: int, key: str | None) -> bool:
         # One learner at a time, start to end: an event that finds the scan thread reading
         # this QEMU's command line waits for it instead of seeing "parsed" and no answer yet.
         with self._learning:
@@ -116,51 +116,51 @@ class VmLocator:
                 if pid in self._parsed:
                     return False
                 self._parsed.add(pid)
-            if pod_uid is None:
-                pod_uid = tags_for_path(path_of_pid(pid, self._proc))["pod_uid"]
-                if pod_uid is None:
-                    return False  # QEMU outside a pod (plain libvirt): not a KubeVirt VM
+            if key is None:
+                key = procfs.vm_key(tags_for_path(path_of_pid(pid, self._proc)))
+                if key is None:
+                    return False  # QEMU in no pod and no hypervisor's machine: nothing to name it by
             raw = procfs.read_bytes(self._proc / str(pid) / "cmdline", MAX_CMDLINE_BYTES)
             self.cmdline_reads += 1
             if not raw:
                 return False  # exited, or a kernel thread
             info = parse_qemu_cmdline(raw, pid)
             with self._lock:
-                self._pods[pod_uid] = info
-                self._pods.move_to_end(pod_uid)
+                self._pods[key] = info
+                self._pods.move_to_end(key)
                 while len(self._pods) > MAX_PODS:
                     self._pods.popitem(last=False)
         if self._on_found is not None:
-            self._on_found(PodVm(pod_uid, info))
+            self._on_found(FoundVm(key, info))
         return True
 
-    def for_pod(self, pod_uid: str | None, cgroup: str | None) -> QemuInfo | None:
-        """What is known of the VM in pod `pod_uid` (whose cgroup `cgroup` is, or is inside)."""
-        if pod_uid is None:
+    def for_vm(self, key: str | None, cgroup: str | None) -> QemuInfo | None:
+        """What is known of VM `key` (whose cgroup `cgroup` is, or is inside)."""
+        if key is None:
             return None
         with self._lock:
-            info = self._pods.get(pod_uid)
+            info = self._pods.get(key)
             if info is not None:
                 return info
             now = self._clock()
-            last = self._pod_scanned.get(pod_uid)
+            last = self._pod_scanned.get(key)
             if last is not None and now - last < POD_RESCAN_S:
                 return None
-            self._pod_scanned[pod_uid] = now
+            self._pod_scanned[key] = now
             if len(self._pod_scanned) > MAX_PODS:
                 oldest = min(self._pod_scanned, key=self._pod_scanned.__getitem__)
                 del self._pod_scanned[oldest]
-        pod = procfs.pod_cgroup(cgroup)
-        if pod is None:
+        top = procfs.vm_cgroup(cgroup)
+        if top is None:
             return None
-        for pid in procfs.pids_in(self._memory_root, pod):
+        for pid in procfs.pids_in(self._memory_root, top):
             if is_qemu_comm(procfs.read_comm(self._proc, pid)):
-                self._learn(pid, pod_uid)
+                self._learn(pid, key)
         with self._lock:
-            return self._pods.get(pod_uid)
+            return self._pods.get(key)
 
-    def known(self, pod_uid: str) -> QemuInfo | None:
+    def known(self, key: str) -> QemuInfo | None:
         with self._lock:
-            return self._pods.get(pod_uid)
+            return self._pods.get(key)
 
 

@@ -1,4 +1,4 @@
-"""Reading /proc and cgroupfs for VM attribution: comms, the pod cgroup of a path, a cgroup's processes."""
+"""Reading /proc and cgroupfs for VM attribution: comms, the VM cgroup of a path, a cgroup's processes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from tracer.resolve.tags import tags_for_path
+from tracer.resolve.tags import HYPERVISORS, tags_for_path
 
 
 def read_bytes(path: str | Path, limit: int = 4096) -> bytes | None:
@@ -35,19 +35,29 @@ def read_comm(proc_root: Path, pid: int) -> str | None:
     return data.rstrip(b"\n").decode("utf-8", errors="replace")
 
 
-def pod_cgroup(path: str | None) -> str | None:
-    """The pod-level cgroup of a path inside a pod (the path itself for a pod cgroup)."""
+def vm_key(tags: dict[str, str | None]) -> str | None:
+    """What a VM is known by, from a path's tags: its pod's UID (KubeVirt), or `machine/<name>`
+    for a machine a hypervisor runs on the host itself (libvirt, Proxmox). None otherwise."""
+    if tags.get("pod_uid") is not None:
+        return tags["pod_uid"]
+    if tags.get("machine") is not None and tags.get("runtime") in HYPERVISORS:
+        return f"machine/{tags['machine']}"
+    return None
+
+
+def vm_cgroup(path: str | None) -> str | None:
+    """The outermost cgroup of a path's pod or hypervisor machine (the path itself if it is that)."""
     if not path:
         return None
-    uid = tags_for_path(path)["pod_uid"]
-    if uid is None:
+    key = vm_key(tags_for_path(path))
+    if key is None:
         return None
-    pod = path
+    top = path
     while True:
-        parent = pod.rsplit("/", 1)[0] or "/"
-        if parent == pod or tags_for_path(parent)["pod_uid"] != uid:
-            return pod
-        pod = parent
+        parent = top.rsplit("/", 1)[0] or "/"
+        if parent == top or vm_key(tags_for_path(parent)) != key:
+            return top
+        top = parent
 
 
 def pids_in(memory_root: Path, cgroup: str, limit: int = 65536) -> list[int]:

@@ -15,6 +15,9 @@ MAX_CMDLINE_BYTES: Final = 1 << 20
 MAX_GUEST_MEMORY_BYTES: Final = 1 << 52  # 4 PiB
 MAX_VCPUS: Final = 16384
 
+# libvirt domain names: printable, no "/", at most what a machine name can carry. Anything
+# else (control characters, terminal escapes) is not a name to print.
+_GUEST_NAME: Final = re.compile(r"[A-Za-z0-9_.:+@-][A-Za-z0-9_.:+@ -]{0,254}", re.ASCII)
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
 _DNS_SUBDOMAIN: Final = re.compile(
     r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", re.ASCII
@@ -54,6 +57,7 @@ class QemuInfo:
     tpm: bool = False  # a TPM (swtpm process): KubeVirt adds 53 MiB
     sev: bool = False  # an SEV guest: KubeVirt adds 256 MiB
     pid: int | None = None  # the QEMU process it came from
+    guest_name: str | None = None  # -name guest=: the libvirt domain name (a plain-host VM's `vm`)
 
 
 def _split_args(raw: bytes) -> list[str | None]:
@@ -240,6 +244,7 @@ def parse_qemu_cmdline(raw: bytes, pid: int | None = None) -> QemuInfo:
         tpm=bool(values.get("-tpmdev")),
         sev=sev,
         pid=pid,
+        guest_name=guest if guest is not None and _GUEST_NAME.fullmatch(guest) else None,
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer.enrich.vm.locator import VmLocator
-from tracer.enrich.vm.procfs import read_comm
+from tracer.enrich.vm.procfs import read_comm, vm_key
 from tracer.enrich.vm.roles import OTHER, QEMU, role_of
 
 
@@ -21,10 +21,12 @@ class PodHint:
 
 
 class VmStage:
-    """Adds vm, guest_memory_bytes, vcpus, trigger_role and victim_role to events of VM pods.
+    """Adds vm, guest_memory_bytes, vcpus, trigger_role and victim_role to events of VMs.
 
     A pod is a VM pod if its QEMU process was found, or if its labels say virt-launcher
-    (`pod_hint`, from the Kubernetes metadata when that is on). Other events are untouched.
+    (`pod_hint`, from the Kubernetes metadata when that is on). A hypervisor's machine on the
+    host (libvirt, Proxmox: the `machine` tag) is a VM when its QEMU process is found; its `vm`
+    is QEMU's guest name (the domain name). Other events are untouched.
     """
 
     def __init__(
@@ -55,17 +57,18 @@ class VmStage:
         return event
 
     def _attribute(self, event: dict[str, Any]) -> None:
-        pod_uid = event.get("pod_uid")
-        if pod_uid is None:
+        key = vm_key(event)
+        if key is None:
             return
-        info = self._locator.for_pod(pod_uid, event.get("cgroup"))
-        hint = self._pod_hint(pod_uid) if self._pod_hint is not None else None
+        pod_uid = event.get("pod_uid")
+        info = self._locator.for_vm(key, event.get("cgroup"))
+        hint = self._pod_hint(pod_uid) if self._pod_hint is not None and pod_uid is not None else None
         comms = (event.get("trigger_comm"), event.get("victim_comm"))
         kubevirt_task = any(role_of(c) not in (None, OTHER) for c in comms)
         if info is None and not (hint is not None and hint.virt_launcher) and not kubevirt_task:
             return
         if info is not None:
-            event["vm"] = info.vm
+            event["vm"] = info.vm if pod_uid is not None else info.guest_name
             event["guest_memory_bytes"] = info.guest_memory_bytes
             event["vcpus"] = info.vcpus
         if event.get("vm") is None and hint is not None:
