@@ -21,6 +21,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
   rm -rf .venv
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
+./scripts/install-runtimes.sh
 .venv/bin/pip install -q -e '.[test]'
 
 # tracefs is where tracepoint formats live; some machines do not mount it at boot.

@@ -130,9 +130,7 @@ def test_once_attached_the_compilers_memory_is_given_back() -> None:
     the figures themselves are the benchmarks' (docs/benchmarks.md, start-up row)."""
     tracer = Tracer("--duration", "30")
     try:
-        (released,) = (
-            json.loads(line) for line in tracer.stderr_lines if "gave back the compiler" in line
-        )
+        (released,) = (json.loads(line) for line in tracer.stderr_lines if "gave back the compiler" in line)
         assert released["compiler_paged_out"] is True  # MADV_PAGEOUT: Linux 5.4+
         # The heap is ours alone. The library pages are paged out only where no other process
         # maps them (this pytest process may have loaded bcc): RSS falls, by how much varies.

@@ -210,6 +210,7 @@ def test_any_option_soup_parses_without_raising(args: list[str]) -> None:
     [
         ("CPU 0/KVM", None, "vcpu"),
         ("CPU 11/KVM", "qemu-system-x86", "vcpu"),
+        ("CPU 1/TCG", "qemu-system-x86", "vcpu"),
         ("qemu-system-x86", None, "qemu"),
         ("qemu-kvm", None, "qemu"),
         ("IO iothread1", "qemu-system-x86", "qemu"),
@@ -222,6 +223,7 @@ def test_any_option_soup_parses_without_raising(args: list[str]) -> None:
         ("virtlogd", None, "virtlogd"),
         ("pause", None, "other"),
         ("CPU 0/KVMX", None, "other"),
+        ("CPU 0/TCGX", None, "other"),
         ("memhold", "sh", "other"),
         (None, None, None),
     ],
@@ -367,6 +369,30 @@ def test_a_plain_host_vm_is_found_by_an_event_before_the_scan(node: FakeNode) ->
 )
 def test_a_guest_name_no_machine_can_have_is_not_a_vm_name(name: str) -> None:
     assert qemu("-name", f"guest={name}").guest_name is None
+
+
+def test_libvirts_capability_probe_in_the_pod_is_not_taken_for_the_vm(node: FakeNode) -> None:
+    # Seen with a real libvirtd in a pod (tests/kernel/test_libvirt_vm.py): it probes QEMU's
+    # capabilities at start, a QEMU in the pod that runs no guest, before it starts the VM's.
+    probe = argv(
+        "/usr/bin/qemu-system-x86_64",
+        "-S",
+        "-no-user-config",
+        "-nodefaults",
+        "-nographic",
+        "-machine",
+        "none,accel=kvm:tcg",
+        "-qmp",
+        "unix:/var/lib/libvirt/qemu/capabilities.monitor.sock",
+    )
+    node.process(8800, "qemu-system-x86", CONTAINER, probe)
+    locator = VmLocator(node.memory_root, node.proc)
+    assert locator.scan() == 0 and locator.known(UID) is None
+    node.exit(8800)
+    node.process(8823, "qemu-system-x86", CONTAINER, argv(*KUBEVIRT_CMDLINE))
+    assert locator.scan() == 1
+    info = locator.known(UID)
+    assert info is not None and info.pid == 8823 and info.vm == "default/vm2"
 
 
 def test_qemu_outside_a_pod_is_not_a_kubevirt_vm_and_its_command_line_is_not_read(node: FakeNode) -> None:

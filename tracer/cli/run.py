@@ -185,13 +185,15 @@ def attribution_stages(
     pods = kube.KubeStage(cache, source, float(args.enrich_timeout_ms) / 1000, failures) if source else None
     if pods is not None:
         stages.append(pods)
-    locator = vm.VmLocator(
-        memory_root, proc_root, float(args.vm_scan_interval),
-        on_found=lambda found: log.info(
-            "vm found", key=found.key, vm=found.info.vm or found.info.guest_name, pid=found.info.pid,
+    def vm_found(found: vm.FoundVm) -> None:
+        machine = found.key.removeprefix("machine/") if found.key.startswith("machine/") else None
+        who = {"machine": machine} if machine is not None else {"pod_uid": found.key}
+        log.info(
+            "vm found", vm=found.info.vm or found.info.guest_name, **who, pid=found.info.pid,
             guest_memory_bytes=found.info.guest_memory_bytes, vcpus=found.info.vcpus,
-        ),
-    )  # fmt: skip
+        )  # fmt: skip
+
+    locator = vm.VmLocator(memory_root, proc_root, float(args.vm_scan_interval), on_found=vm_found)
     stages.append(vm.VmStage(locator, proc_root, pods.pod_hint if pods else None, complain("vm")))
     stages.append(memsnap.SnapshotStage(memory_root, proc_root, on_error=complain("memsnap")))
     version, vm_info = args.kubevirt_version, locator.known

@@ -125,6 +125,10 @@ class VmLocator:
             if not raw:
                 return False  # exited, or a kernel thread
             info = parse_qemu_cmdline(raw, pid)
+            if info.guest_name is None and info.guest_memory_bytes is None:
+                # Runs no guest: libvirt's capability probe (`-machine none`), which virtqemud
+                # starts in the virt-launcher pod before the VM's QEMU. Not the pod's VM.
+                return False
             with self._lock:
                 self._pods[key] = info
                 self._pods.move_to_end(key)

@@ -25,8 +25,9 @@ _COMM_ROLES: Final[dict[str, str]] = {
     "libvirtd": LIBVIRTD,
     "virtlogd": VIRTLOGD,
 }
-# vCPU threads when QEMU runs with debug-threads=on (KubeVirt always sets it).
-_VCPU_COMM: Final = re.compile(r"CPU [0-9]{1,5}/KVM")
+# vCPU threads when QEMU runs with debug-threads=on (KubeVirt and libvirt always set it):
+# "CPU <n>/KVM" with KVM, "CPU <n>/TCG" under emulation (nested hosts, the tests here).
+_VCPU_COMM: Final = re.compile(r"CPU [0-9]{1,5}/(?:KVM|TCG)")
 
 
 def is_qemu_comm(comm: str | None) -> bool:
