@@ -31,7 +31,7 @@ from tests.fake_loki import FakeLoki
 from tests.kernel.conftest import Tracer
 from tracer import schema
 from tracer.cli.sandbox import PodSandbox
-from tracer.enrich.vm import QemuInfo
+from tracer.enrich.vm import QemuInfo, parse_qemu_cmdline
 from tracer.http.server import MAX_REQUEST_HEAD_BYTES, start_http_server
 from tracer.sinks.stream import StreamHub
 
@@ -213,10 +213,15 @@ def test_no_event_field_is_a_command_line_or_an_environment() -> None:
     fields = {f for kind in schema.KINDS for f in schema.blank_event(kind)}
     suspicious = {f for f in fields if any(word in f for word in ("cmd", "argv", "args", "environ", "env"))}
     assert suspicious == set()
-    # The VM facts taken from QEMU's command line: one name, numbers and flags — no free text.
+    # The VM facts taken from QEMU's command line: its name (KubeVirt's split form and the
+    # domain name as libvirt gave it), numbers and flags — no free text.
     assert {name: t for name, t in QemuInfo.__annotations__.items() if "str" in str(t)} == {
-        "vm": "str | None"
+        "vm": "str | None",
+        "guest_name": "str | None",
     }
+    # The name is -name's guest= value alone: another key of that option never comes along.
+    raw = b"".join(a + b"\0" for a in (b"qemu", b"-name", b"guest=web,debug-threads=on,secret=hunter2"))
+    assert parse_qemu_cmdline(raw).guest_name == "web"
 
 
 @dataclass

@@ -150,6 +150,22 @@ def test_each_event_is_one_readable_line(e: dict[str, Any], line: str) -> None:
         pytest.param(
             {"unit": "ssh.service", "cgroup": "/system.slice/ssh.service"}, "ssh.service", id="unit"
         ),
+        pytest.param(
+            {"runtime": "docker", "container_id": "ab" * 32, "unit": "docker-x.scope"},
+            "docker:abababababab",
+            id="host-container",
+        ),
+        pytest.param(
+            {"runtime": "containerd", "runtime_namespace": "tests", "container_id": "c1"},
+            "containerd:tests/c1",
+            id="ctr-container",
+        ),
+        pytest.param(
+            {"runtime": "libvirt", "machine": "qemu-2-web", "vm": "web", "unit": None},
+            "libvirt:qemu-2-web vm:web",
+            id="host-vm",
+        ),
+        pytest.param({"machine": "deb", "unit": "machine-deb.scope"}, "machine:deb", id="machine"),
         pytest.param({"cgroup": "/user.slice"}, "/user.slice", id="cgroup"),
         pytest.param({}, "-", id="nothing"),
         pytest.param({"vm": "vm7"}, "- vm:vm7", id="vm-only"),

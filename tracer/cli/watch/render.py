@@ -55,7 +55,8 @@ def _clock(ts: object) -> str:
 
 def who(event: Mapping[str, Any]) -> str:
     """Whom the event is about: namespace/pod/container when enrichment named them, else the
-    pod uid and container id from the cgroup path, a systemd unit, or the cgroup."""
+    pod uid and container id from the cgroup path, a host runtime's container or machine, a
+    systemd unit, or the cgroup."""
     namespace, pod, container = event.get("namespace"), event.get("pod"), event.get("container")
     if namespace or pod:
         text = f"{namespace or '?'}/{pod or '?'}" + (f"/{container}" if container else "")
@@ -63,6 +64,11 @@ def who(event: Mapping[str, Any]) -> str:
         text = f"pod:{str(event['pod_uid'])[:8]}"
         if event.get("container_id"):
             text += f"/{str(event['container_id'])[:12]}"
+    elif event.get("container_id"):
+        namespace = f"{event['runtime_namespace']}/" if event.get("runtime_namespace") else ""
+        text = f"{event.get('runtime') or 'container'}:{namespace}{str(event['container_id'])[:12]}"
+    elif event.get("machine"):
+        text = f"{event.get('runtime') or 'machine'}:{event['machine']}"
     elif event.get("unit"):
         text = str(event["unit"])
     elif event.get("cgroup"):
