@@ -288,6 +288,41 @@ def test_an_oom_storm_with_rate_limited_headers_attributes_each_kill_to_its_own_
             assert e["oom_memcg"] in {r.oom_memcg for r in storm}
 
 
+# Comms a process can give itself (prctl PR_SET_NAME: any 15 bytes but NUL) that imitate the
+# kernel's own wording: the fixed text around the comm in each line, digits, brackets, commas,
+# newlines (/dev/kmsg escapes them as \x0a and the reader restores them) and terminal escapes.
+IMITATING_COMMS = st.lists(
+    st.sampled_from(
+        [
+            "Killed process ", "Killed process 1", ") total-vm:", "kB, anon-rss:", " (", ")", "(",
+            " invoked oom-killer: ", "gfp_mask=0xcc0(", ",pid=", ",uid=0", ",task=", "task_memcg=/",
+            "oom-kill:", " Comm: ", "PID: ", "\n", "\x1b[2J", "\t", " ", ",", "=", ":", "1", "42", "x",
+        ]
+    ),
+    min_size=1,
+    max_size=6,
+).map(lambda parts: "".join(parts)[:15])
+
+
+@SETTINGS
+@given(st.lists(IMITATING_COMMS, min_size=1, max_size=8), st.data())
+def test_a_comm_that_imitates_the_kernel_log_names_only_itself(comms: list[str], data: st.DataObject) -> None:
+    # Each report arrives as /dev/kmsg gives it: one record per line the kernel printed, the
+    # comm's newlines inside its own record.
+    storm = [Report(1000 + i, c, f"/t/pod{i}", f"/t/pod{i}/c") for i, c in enumerate(comms)]
+    parser = OomReportParser()
+    events = []
+    for r in storm:
+        header, killed = _report_lines(r, split_summary=data.draw(st.booleans()))
+        for record in header + killed:
+            events += parser.feed(record, 1)
+    kills = [e for e in events if e["event"] == OOM_KILL]
+    assert [(e["victim_pid"], e["victim_comm"]) for e in kills] == [(r.pid, r.comm) for r in storm]
+    for e, r in zip(kills, storm, strict=True):
+        assert e["task_memcg"] == r.task_memcg and e["oom_memcg"] == r.oom_memcg
+        assert e["trigger_comm"] in (None, r.comm)
+
+
 @SETTINGS
 @given(st.lists(st.text(max_size=300), max_size=40))
 def test_any_kernel_log_text_parses_without_raising(lines: list[str]) -> None:

@@ -722,6 +722,29 @@ def test_reader_returns_records_of_a_file_from_its_start(tmp_path: Path) -> None
         assert reader.lost_records == 0
 
 
+FAKE_KILL = (
+    b"Memory cgroup out of memory: Killed process 4242 (sshd) total-vm:1kB, anon-rss:1kB, file-rss:0kB,"
+    b" shmem-rss:0kB, UID:0 pgtables:4kB oom_score_adj:0"
+)
+
+
+def test_reader_skips_what_user_space_wrote_to_the_kernel_log(tmp_path: Path) -> None:
+    # A process that writes a kernel-looking line to /dev/kmsg gets facility LOG_USER (1) or
+    # higher: the kernel does not let user space write facility 0 ("<4>" is stored as 12).
+    log = write_log(
+        tmp_path / "kmsg",
+        b"6,1,100,-;kernel line\n",
+        b"12,2,200,-;" + FAKE_KILL + b"\n",
+        b"190,3,300,-;" + FAKE_KILL + b"\n",  # local7.info
+        b"3,4,400,-;kernel again\n",
+    )
+    with KmsgReader(str(log), from_start=True) as reader:
+        assert reader.read_available() == [(1, 100_000, "kernel line"), (4, 400_000, "kernel again")]
+        assert reader.lost_records == 0  # skipped, not lost
+    with KmsgReader(str(log), from_start=True, kernel_only=False) as everything:
+        assert [seq for seq, _, _ in everything.read_available()] == [1, 2, 3, 4]
+
+
 def test_reader_starts_at_the_end_by_default(tmp_path: Path) -> None:
     log = write_log(tmp_path / "kmsg", b"6,1,100,-;old\n")
 

@@ -694,3 +694,42 @@ def test_watch_interrupted_exits_130_without_a_traceback(registry: CollectorRegi
         hub.close()
     assert process.returncode == 130
     assert b"Traceback" not in err
+
+
+# --- what the workload names cannot do to the reader's terminal -------------------------------
+
+HOSTILE = [
+    "\x1b]0;owned\x07",  # set the window title
+    "\x1b[2J\x1b[H",  # clear the screen
+    "a\rb",  # overwrite the line
+    "\x9b31m",  # C1 CSI
+    "\u202eevil",  # right-to-left override
+    "x\x7f",
+    "\u2028",  # line separator
+]
+
+
+@pytest.mark.parametrize(
+    "text", HOSTILE, ids=["osc-title", "clear", "cr", "c1-csi", "bidi", "del", "line-sep"]
+)
+@pytest.mark.parametrize("colour", [False, True], ids=["plain", "colour"])
+def test_names_from_the_workload_never_reach_the_terminal_raw(text: str, colour: bool) -> None:
+    e = event(
+        OOM_KILL, victim_comm=text, victim_pid=7, namespace=text, pod=text, container=text, vm=text,
+        constraint=text, trigger_pid=8, trigger_comm=text,
+    )  # fmt: skip
+    line = render(e, colour)
+    ours = line
+    for style in ("\x1b[0m", "\x1b[2m", "\x1b[1m", "\x1b[1;31m"):
+        ours = ours.replace(style, "")
+    assert ours.isprintable(), repr(line)
+    assert "\\x" in ours or "\\u" in ours  # shown, as a visible escape
+
+
+def test_a_foreign_servers_raw_control_characters_are_escaped_in_json_lines() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    watcher = Watcher(parse_endpoint("http://127.0.0.1:1"), [], out, err, json_lines=True)
+    watcher._show('{"event": "oom_kill", "victim_comm": "\x1b[2Jx\x9b"}')
+    line = out.getvalue().rstrip("\n")
+    assert line.isprintable()
+    assert json.loads(line)["victim_comm"] == "\x1b[2Jx\x9b"  # still the same JSON value

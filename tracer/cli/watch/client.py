@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final, TextIO
 from urllib.parse import urlencode, urlsplit
 
-from tracer.cli.watch.render import render
+from tracer.cli.watch.render import render, terminal_safe
 from tracer.cli.watch.sse import sse_messages
 from tracer.http.address import DEFAULT_PORT
 
@@ -109,6 +109,10 @@ class _Retry(Exception):
     def __init__(self, reason: str, at_least_s: float = 0.0) -> None:
         super().__init__(reason)
         self.at_least_s = at_least_s
+
+
+def _json_escaped(c: str) -> str:
+    return c if c.isprintable() else json.dumps(c)[1:-1]
 
 
 class Watcher:
@@ -241,7 +245,9 @@ class Watcher:
 
     def _show(self, data: str) -> None:
         if self.json_lines:
-            line = data
+            # Our server escapes control characters (json.dumps), another one might not: JSON
+            # strings may not hold them raw, and \u-escaping keeps the line valid JSON.
+            line = data if data.isprintable() else "".join(_json_escaped(c) for c in data)
         else:
             try:
                 event = json.loads(data)
@@ -270,7 +276,7 @@ class Watcher:
             self._note(f"missed {count} (any kind) that the tracer no longer kept for replay")
 
     def _note(self, message: str) -> None:
-        self.err.write(f"watch: {message}\n")
+        self.err.write(f"watch: {terminal_safe(message)}\n")
         self.err.flush()
 
     def _close(self) -> None:

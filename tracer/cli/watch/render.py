@@ -21,6 +21,21 @@ _STYLE: Final = {
 }
 
 
+def terminal_safe(text: str) -> str:
+    """`text` with every character a terminal could act on (C0/C1 controls such as ESC, DEL,
+    bidi and other format characters, line separators) written as a visible escape: comms,
+    pod names and labels are chosen by whoever runs the workload, and must not drive the
+    reader's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _visible(c) for c in text)
+
+
+def _visible(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 def use_colour(mode: str, stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
     """--color: always / never; auto: a terminal and no NO_COLOR (https://no-color.org)."""
     if mode != "auto":
@@ -141,10 +156,11 @@ def render(event: Mapping[str, Any], colour: bool = False) -> str:
     def paint(style: str, text: str) -> str:
         return f"{_STYLE[style]}{text}{_RESET}" if colour and style in _STYLE else text
 
-    kind = str(event.get("event"))
+    # Everything taken from the event is made terminal-safe before our own colours go around it.
+    kind = terminal_safe(str(event.get("event")))
     when = paint("time", _clock(event.get("ts")))
-    line = f"{when}  {paint(kind, f'{kind:<9}')}  {paint('who', who(event))}"
-    rest = details(event)
+    line = f"{when}  {paint(kind, f'{kind:<9}')}  {paint('who', terminal_safe(who(event)))}"
+    rest = terminal_safe(details(event))
     return f"{line}  {rest}" if rest else line
 
 

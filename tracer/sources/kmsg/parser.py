@@ -22,12 +22,12 @@ _N: Final = r"[0-9]{1,20}"
 _INVOKED_RE: Final = re.compile(
     r"(?P<comm>.*) invoked oom-killer: gfp_mask=(?P<gfp_mask>0x[0-9a-fA-F]{1,16})\([^)]*\),"
     r"(?: nodemask=[^,]*,)? order=(?P<order>-?[0-9]{1,4}), oom_score_adj=-?[0-9]{1,5}",
-    re.ASCII,
+    re.ASCII | re.DOTALL,  # a comm may hold newlines (see _one_comm_line)
 )
 # dump_stack(): "CPU: 40 PID: 40785 Comm: virt-launcher Tainted: ..."; newer kernels
 # print "CPU: 1 UID: 0 PID: ...". PID is the thread id, not the tgid.
 _CPU_RE: Final = re.compile(
-    rf"CPU: [0-9]{{1,6}} (?:UID: {_N} )?PID: (?P<pid>[0-9]{{1,10}}) Comm: (?P<rest>.*)", re.ASCII
+    rf"CPU: [0-9]{{1,6}} (?:UID: {_N} )?PID: (?P<pid>[0-9]{{1,10}}) Comm: (?P<rest>.*)", re.ASCII | re.DOTALL
 )
 # Printed for memcg OOMs only, on cgroup v1 and v2 alike.
 _MEMORY_RE: Final = re.compile(
@@ -58,7 +58,7 @@ _KILLED_RE: Final = re.compile(
     rf" anon-rss:(?P<anon_rss>{_N})kB, file-rss:(?P<file_rss>{_N})kB, shmem-rss:(?P<shmem_rss>{_N})kB"
     rf"(?:, UID:(?P<uid>{_N}))?(?: pgtables:(?P<pgtables>{_N})kB)?"
     r"(?: oom_score_adj:(?P<adj>-?[0-9]{1,5}))?",
-    re.ASCII,
+    re.ASCII | re.DOTALL,
 )
 # The oom_kill fields a "Killed process" line alone gives (UID, pgtables and oom_score_adj on
 # kernels that print them): what any reader of the kernel log learns of every kill.
@@ -81,6 +81,21 @@ _NO_VICTIM: Final = "Out of memory and no killable processes..."
 # The pr_cont() parts that follow the first part of an oom-kill: line (mm/oom_kill.c
 # dump_oom_victim(), cpuset_print_current_mems_allowed(), mem_cgroup_print_oom_context()).
 _SUMMARY_PARTS: Final = (",cpuset=", ",mems_allowed=", ",oom_memcg=", ",global_oom", ",task_memcg=", ",task=")
+
+
+def _one_comm_line(message: str) -> bool:
+    """Whether a record holding newlines is one line that prints a comm.
+
+    prctl(PR_SET_NAME) takes any byte but NUL, so a comm may hold "\\n" (/dev/kmsg escapes it
+    and the reader restores it). Such a record must be parsed whole, not split as the
+    multi-line dumps (memcg stats) are: else a newline in a name would lose its kill.
+    """
+    return bool(
+        _KILLED_RE.fullmatch(message)
+        or _INVOKED_RE.fullmatch(message)
+        or _CPU_RE.fullmatch(message)
+        or (message.startswith(("oom-kill:", ",")) and _SUMMARY_TAIL_RE.search(message))
+    )
 
 
 def _continues_summary(partial: str, line: str) -> bool:
@@ -185,7 +200,8 @@ class OomReportParser:
         """Parse one message; return the events it completes. Never raises on bad input."""
         events: list[dict[str, Any]] = []
         # One record may hold several lines (e.g. the memcg stat dump).
-        for line in message.split("\n"):
+        lines = [message] if "\n" in message and _one_comm_line(message) else message.split("\n")
+        for line in lines:
             self._feed_line(line, ktime_ns, events)
         return events
 

@@ -49,11 +49,17 @@ class KmsgReader:
     """Non-blocking reader of /dev/kmsg records.
 
     Starts at the end of the log unless `from_start`. `path` may also name a
-    regular file or a FIFO holding records one per line, as tests do.
+    regular file or a FIFO holding records one per line, as tests do. Only the kernel's own
+    records (facility 0) are returned unless `kernel_only` is off: anything user space writes
+    to /dev/kmsg is stored with facility LOG_USER or above, whatever level it claims, so a
+    process printing the kernel's wording cannot pass for an OOM report.
     """
 
-    def __init__(self, path: str = DEFAULT_PATH, *, from_start: bool = False) -> None:
+    def __init__(
+        self, path: str = DEFAULT_PATH, *, from_start: bool = False, kernel_only: bool = True
+    ) -> None:
         self.path = path
+        self._kernel_only = kernel_only
         # Records the kernel overwrote before we read them (seq gaps and EPIPE).
         self.lost_records = 0
         self._last_seq: int | None = None
@@ -100,6 +106,8 @@ class KmsgReader:
             if record is None:
                 continue
             self._count_lost(record[0])
+            if self._kernel_only and int(line.split(b",", 1)[0]) >> 3 != 0:
+                continue  # facility (prio_facility >> 3) not the kernel's: skipped, not lost
             records.append(record)
 
     def _count_lost(self, seq: int) -> None:
@@ -146,7 +154,7 @@ def printk_offset_ns(path: str = DEFAULT_PATH) -> int:
     """
     best: tuple[int, int] | None = None  # (bracket_ns, offset_ns)
     # A fresh writer per call: the kernel rate-limits writes per open file (10 per 5 s).
-    with KmsgReader(path) as reader:
+    with KmsgReader(path, kernel_only=False) as reader:  # the marker is our own, LOG_USER
         writer = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             for _ in range(_CALIBRATION_TRIES):
