@@ -12,6 +12,13 @@ oomtrace uses, over HTTP or HTTPS on 127.0.0.1:
   answer a v1 Status object, as the real server does.
 - kubelet: `GET /pods` answers a v1 PodList of every pod (the kubelet's own view, no
   resourceVersion), with the same bearer-token auth.
+- Events (events.k8s.io/v1): `POST /apis/events.k8s.io/v1/namespaces/<ns>/events` creates an
+  Event (201 with the object; 409 AlreadyExists for a name taken; 400 when the body's namespace
+  is not the path's; 422 Invalid for a missing required field — eventTime, reportingController,
+  reportingInstance, action, reason, regarding, type Normal/Warning, a note over 1 kB), and
+  `PATCH .../events/<name>` with a merge or strategic-merge patch updates it (404 when there
+  is none; 422 for a series count below 2). `forbid_events()` answers them 403 as RBAC
+  would; `events_delay_s` makes them hang that long before answering.
 """
 
 from __future__ import annotations
@@ -100,6 +107,9 @@ class FakeKube:
         self.cond = threading.Condition()
         self.closing = False
         self.list_delay_s = 0.0
+        self.events: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events_forbidden = False
+        self.events_delay_s = 0.0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -110,6 +120,12 @@ class FakeKube:
 
             def do_GET(self) -> None:
                 fake._handle(self)
+
+            def do_POST(self) -> None:
+                fake._handle_event(self, "create")
+
+            def do_PATCH(self) -> None:
+                fake._handle_event(self, "patch")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -247,6 +263,125 @@ class FakeKube:
             "items": items,
         }
         self._send_json(h, 200, body)
+
+    def _handle_event(self, h: BaseHTTPRequestHandler, verb: str) -> None:
+        body_bytes = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        path = urlsplit(h.path).path
+        auth = h.headers.get("Authorization", "")
+        self.requests.append({"path": path, "query": {}, "watch": False, "auth": auth, "verb": verb})
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() != "bearer" or token.strip() != self.token:
+            self._send_json(h, 401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        parts = path.split("/")
+        # /apis/events.k8s.io/v1/namespaces/<ns>/events[/<name>]
+        if (
+            parts[1:4] != ["apis", "events.k8s.io", "v1"]
+            or len(parts) not in (7, 8)
+            or parts[4] != "namespaces"
+        ):
+            self._send_json(
+                h, 404, _status(404, "NotFound", "the server could not find the requested resource")
+            )
+            return
+        namespace = parts[5]
+        if self.events_forbidden:
+            user = "system:serviceaccount:oomtrace:oomtrace"
+            message = (
+                f'events.events.k8s.io is forbidden: User "{user}" cannot {verb} resource "events"'
+                f' in API group "events.k8s.io" in the namespace "{namespace}"'
+            )
+            self._send_json(h, 403, _status(403, "Forbidden", message))
+            return
+        time.sleep(self.events_delay_s)
+        try:
+            body = json.loads(body_bytes)
+        except ValueError:
+            self._send_json(h, 400, _status(400, "BadRequest", "invalid JSON"))
+            return
+        if verb == "create" and len(parts) == 7:
+            self._create_event(h, namespace, body)
+        elif verb == "patch" and len(parts) == 8:
+            kinds = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+            if h.headers.get("Content-Type", "").split(";")[0] not in kinds:
+                self._send_json(h, 415, _status(415, "UnsupportedMediaType", "unsupported patch type"))
+                return
+            self._patch_event(h, namespace, parts[7], body)
+        else:
+            self._send_json(h, 405, _status(405, "MethodNotAllowed", "the server does not allow this method"))
+
+    def _create_event(self, h: BaseHTTPRequestHandler, namespace: str, body: Any) -> None:
+        meta = body.get("metadata") if isinstance(body, dict) else None
+        if (
+            not isinstance(meta, dict)
+            or body.get("apiVersion") != "events.k8s.io/v1"
+            or body.get("kind") != "Event"
+        ):
+            self._send_json(h, 400, _status(400, "BadRequest", "not an events.k8s.io/v1 Event"))
+            return
+        if meta.get("namespace", namespace) != namespace:
+            message = "the namespace of the provided object does not match the namespace sent on the request"
+            self._send_json(h, 400, _status(400, "BadRequest", message))
+            return
+        missing = [
+            f
+            for f in (
+                "eventTime",
+                "reportingController",
+                "reportingInstance",
+                "action",
+                "reason",
+                "regarding",
+            )
+            if not body.get(f)
+        ]
+        if (
+            missing
+            or body.get("type") not in ("Normal", "Warning")
+            or len(str(body.get("note", "")).encode()) > 1024
+            or not meta.get("name")
+        ):
+            self._send_json(
+                h, 422, _status(422, "Invalid", f"Event is invalid: {missing or 'type/note/name'}")
+            )
+            return
+        with self.cond:
+            key = (namespace, meta["name"])
+            if key in self.events:
+                self._send_json(
+                    h, 409, _status(409, "AlreadyExists", f'events "{meta["name"]}" already exists')
+                )
+                return
+            self.events[key] = body
+        self._send_json(h, 201, body)
+
+    def _patch_event(self, h: BaseHTTPRequestHandler, namespace: str, name: str, patch: Any) -> None:
+        with self.cond:
+            current = self.events.get((namespace, name))
+            if current is None:
+                self._send_json(h, 404, _status(404, "NotFound", f'events.events.k8s.io "{name}" not found'))
+                return
+            series = patch.get("series") if isinstance(patch, dict) else None
+            if (
+                not isinstance(series, dict)
+                or not isinstance(series.get("count"), int)
+                or series["count"] < 2
+            ):
+                self._send_json(h, 422, _status(422, "Invalid", "series.count: must be at least 2"))
+                return
+            current["series"] = series
+        self._send_json(h, 200, current)
+
+    def forbid_events(self) -> None:
+        self.events_forbidden = True
+
+    def events_about(self, kind: str, name: str) -> list[dict[str, Any]]:
+        with self.cond:
+            return [
+                e
+                for e in self.events.values()
+                if e["regarding"]["kind"] == kind and e["regarding"]["name"] == name
+            ]
 
     def _watch(self, h: BaseHTTPRequestHandler, node: str | None, query: dict[str, str]) -> None:
         h.send_response(200)

@@ -150,10 +150,14 @@ def test_rolling_update_bounds_unavailable_nodes_and_grace_period_allows_a_clean
     assert manifests.pod_spec()["terminationGracePeriodSeconds"] >= 10
 
 
-def test_cluster_role_only_reads_pods() -> None:
+def test_cluster_role_only_reads_pods_and_creates_and_patches_events() -> None:
     role = manifests.one(manifests.DAEMONSET, "ClusterRole")
 
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]
+    assert manifests.env()["OOMTRACE_KUBE_EVENTS"] == "1"  # the sink that needs the second rule
 
 
 def test_the_binding_gives_that_role_to_the_daemonsets_service_account() -> None:

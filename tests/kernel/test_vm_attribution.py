@@ -96,7 +96,7 @@ def test_oom_of_a_vm_names_pod_and_vm_classifies_roles_and_recommends_an_overhea
         config = kubeconfig(tmp_path / "kubeconfig", api.url, api.token)
         tracer = Tracer(
             "--interval", "0.5", "--node-name", "node-1", "--vm-scan-interval", "0.5",
-            "--kube", "apiserver", "--kubeconfig", str(config),
+            "--kube", "apiserver", "--kubeconfig", str(config), "--kube-events",
         )  # fmt: skip
         try:
             for name in COMPANIONS:
@@ -110,6 +110,14 @@ def test_oom_of_a_vm_names_pod_and_vm_classifies_roles_and_recommends_an_overhea
             event = tracer.wait_for(lambda e: e["event"] == "oom_kill" and e["victim_pid"] == qemu.pid)
             kernels = kernel_log.kill_of(qemu.pid)
             kills = _metric(tracer.metrics_port, "oomtrace_oom_kills_total")
+            created = 'oomtrace_kube_events_total{reason="OOMKilled",result="created"} 2.0'
+            deadline = time.monotonic() + 10
+            while created not in (posted := _metric(tracer.metrics_port, "oomtrace_kube_events_total")):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            pod_events = api.events_about("Pod", "virt-launcher-vm2-x7k2p")
+            vmi_events = api.events_about("VirtualMachineInstance", "vm2")
         finally:
             assert tracer.stop() == 0, "".join(tracer.stderr_lines)
 
@@ -174,3 +182,18 @@ def test_oom_of_a_vm_names_pod_and_vm_classifies_roles_and_recommends_an_overhea
     assert base * float(rec["additional_guest_memory_overhead_ratio"]) >= rec["needed_budget_bytes"]
     assert "reservedMemory" in rec["text"]
     assert "not set by that formula" in rec["text"]  # 192 MiB is less than KubeVirt's overhead alone
+
+    # The Kubernetes Events (--kube-events), posted to the API server stand-in: one on the pod,
+    # one on its VirtualMachineInstance, saying what the kernel log cannot.
+    assert len(pod_events) == len(vmi_events) == 1, (api.events, posted)
+    pod_event, vmi_event = pod_events[0], vmi_events[0]
+    assert pod_event["regarding"]["uid"] == sandbox.pod_uid
+    assert vmi_event["regarding"]["apiVersion"] == "kubevirt.io/v1"
+    for e in (pod_event, vmi_event):
+        assert (e["reason"], e["type"], e["reportingController"], e["reportingInstance"]) == (
+            "OOMKilled", "Warning", "oomtrace", "node-1",
+        )  # fmt: skip
+        assert e["note"].startswith(f"OOM-killed qemu-system-x86 (pid {qemu.pid}, ")
+        assert f"VM default/vm2: guest {GUEST // MIB} MiB" in e["note"]
+        assert f"harvesterhci.io/reservedMemory: {rec['reserved_memory']}" in e["note"]
+    assert created in posted  # counted once the API server answered each

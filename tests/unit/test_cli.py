@@ -310,3 +310,11 @@ def test_a_nice_value_the_process_may_not_take_is_one_line_naming_the_capability
     assert run_main(["run", "--nice", "-10", "--metrics-address", "none"]) == EXIT_USAGE
     line = one_error_line(capsys.readouterr().err)
     assert "--nice -10: Operation not permitted" in line and "CAP_SYS_NICE" in line
+
+
+@pytest.mark.parametrize("kube", ["none", "kubelet"])
+def test_kube_events_without_the_api_server_is_a_usage_error(
+    kube: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(["run", "--kube", kube, "--kube-events", "--metrics-address", "none"]) == EXIT_USAGE
+    assert "--kube-events" in one_error_line(capsys.readouterr().err)

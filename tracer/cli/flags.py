@@ -200,6 +200,14 @@ def _add_attribution_flags(parser: argparse.ArgumentParser) -> None:
         "kubelet /pods) or apiserver (a watch of this node's pods) (env OOMTRACE_KUBE)",
     )
     group.add_argument(
+        "--kube-events",
+        action="store_true",
+        default=flagtypes.env("KUBE_EVENTS", "") == "1",
+        help="with --kube apiserver: post Kubernetes Events (OOMKilled on the victim's pod and "
+        "KubeVirt VMI, NearOOM on sustained reclaim); needs create/patch on events.k8s.io events "
+        "(env OOMTRACE_KUBE_EVENTS=1)",
+    )
+    group.add_argument(
         "--kubeconfig",
         type=Path,
         default=flagtypes.env("KUBECONFIG", None),

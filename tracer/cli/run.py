@@ -95,8 +95,10 @@ def build_daemon(
         raise UsageError(str(err)) from None
     clock = WallClock()
     stages: list[Stage] = [ResolveStage(resolver, config.node, clock, ContainerdTasks().tags)]
+    event_sinks: list[Sink] = []
     if attribution:
-        stages += attribution_stages(args, config, Path(resolver.memory_root), registry, log)
+        enrich, event_sinks = attribution_stages(args, config, Path(resolver.memory_root), registry, log)
+        stages += enrich
     sinks: list[Sink] = [StdoutSink(stdout), metrics]
     # The live stream (GET /events): a sink the HTTP server serves; none without a server.
     stream = None
@@ -107,6 +109,7 @@ def build_daemon(
         sinks.append(stream)
     if loki_config is not None:
         sinks.append(loki.LokiSink(loki_config, registry, log))
+    sinks += event_sinks  # last: the stdout line never waits for the API server
 
     def on_close_error(part: str, err: Exception) -> None:
         log.error("did not close cleanly", part=part, error=str(err))
@@ -147,9 +150,10 @@ def require_root() -> None:
 
 def attribution_stages(
     args: argparse.Namespace, config: RunConfig, memory_root: Path, registry: CollectorRegistry, log: Any
-) -> list[Stage]:
+) -> tuple[list[Stage], list[Sink]]:
     """Kubernetes names, VM attribution, the memory snapshot and overhead advice (docs/attribution.md),
-    in that order: each may read what the ones before it added."""
+    in that order: each may read what the ones before it added. And, with --kube-events, the sink
+    that posts Kubernetes Events through the same API client."""
     from tracer.enrich import kube, memsnap, overhead, vm
     from tracer.enrich.failures import ERROR, enrichment_failures
 
@@ -168,6 +172,9 @@ def attribution_stages(
 
     if args.kube not in ("none", "kubelet", "apiserver"):  # argparse checks choices on the command line only
         raise UsageError(f"--kube (or OOMTRACE_KUBE) must be none, kubelet or apiserver, not {args.kube!r}")
+    if args.kube_events and args.kube != "apiserver":
+        raise UsageError("--kube-events (OOMTRACE_KUBE_EVENTS) needs --kube apiserver: Events go there")
+    sinks: list[Sink] = []
     cache = kube.PodCache(grace_s=float(args.kube_deleted_grace))
     source: Any = None
     try:
@@ -179,6 +186,12 @@ def attribution_stages(
         elif args.kube == "apiserver":
             client = kube.api_client(args.kubeconfig)
             source = kube.ApiServerSource(cache, args.label_allowlist, client, config.node, log=log_to)
+            if args.kube_events:
+                from tracer.sinks import kube_events
+
+                planner = kube_events.EventPlanner(config.node)
+                writer = kube_events.ApiEventWriter(client)
+                sinks.append(kube_events.KubeEventsSink(planner, writer, registry, log_to))
     except kube.KubeError as err:
         raise UsageError(str(err)) from None
     stages: list[Stage] = []
@@ -198,4 +211,4 @@ def attribution_stages(
     stages.append(memsnap.SnapshotStage(memory_root, proc_root, on_error=complain("memsnap")))
     version, vm_info = args.kubevirt_version, locator.known
     stages.append(overhead.OverheadStage(memory_root, version, vm_info, complain("overhead"), proc_root))
-    return stages
+    return stages, sinks
