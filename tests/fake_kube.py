@@ -19,6 +19,11 @@ oomtrace uses, over HTTP or HTTPS on 127.0.0.1:
   `PATCH .../events/<name>` with a merge or strategic-merge patch updates it (404 when there
   is none; 422 for a series count below 2). `forbid_events()` answers them 403 as RBAC
   would; `events_delay_s` makes them hang that long before answering.
+- Reviews: `POST /apis/authentication.k8s.io/v1/tokenreviews` answers a TokenReview whose
+  `status` says whether `spec.token` is one of `users` (and who), and `POST
+  /apis/authorization.k8s.io/v1/subjectaccessreviews` one whose `status.allowed` says whether
+  `spec.user` or one of `spec.groups` was granted `get` on `spec.nonResourceAttributes.path`
+  (`grant()`); the caller itself needs the server's token, as for everything else.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ class FakeKube:
         self.events: dict[tuple[str, str], dict[str, Any]] = {}
         self.events_forbidden = False
         self.events_delay_s = 0.0
+        self.users: dict[str, dict[str, Any]] = {}  # token → TokenReview status.user
+        self.grants: set[tuple[str, str]] = set()  # (user or group, non-resource path)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -122,7 +129,10 @@ class FakeKube:
                 fake._handle(self)
 
             def do_POST(self) -> None:
-                fake._handle_event(self, "create")
+                if self.path.startswith(("/apis/authentication.k8s.io/", "/apis/authorization.k8s.io/")):
+                    fake._handle_review(self)
+                else:
+                    fake._handle_event(self, "create")
 
             def do_PATCH(self) -> None:
                 fake._handle_event(self, "patch")
@@ -371,6 +381,47 @@ class FakeKube:
                 return
             current["series"] = series
         self._send_json(h, 200, current)
+
+    def user(self, token: str, name: str, groups: tuple[str, ...] = ()) -> None:
+        self.users[token] = {"username": name, "uid": f"uid-{name}", "groups": list(groups)}
+
+    def grant(self, subject: str, path: str) -> None:
+        self.grants.add((subject, path))
+
+    def _handle_review(self, h: BaseHTTPRequestHandler) -> None:
+        body_bytes = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        path = urlsplit(h.path).path
+        auth = h.headers.get("Authorization", "")
+        self.requests.append({"path": path, "query": {}, "watch": False, "auth": auth, "verb": "create"})
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() != "bearer" or token.strip() != self.token:
+            self._send_json(h, 401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        try:
+            review = json.loads(body_bytes)
+            spec = review["spec"]
+        except (ValueError, KeyError, TypeError):
+            self._send_json(h, 400, _status(400, "BadRequest", "not a review"))
+            return
+        if path == "/apis/authentication.k8s.io/v1/tokenreviews" and review.get("kind") == "TokenReview":
+            who = self.users.get(str(spec.get("token")))
+            review["status"] = {"authenticated": True, "user": who} if who else {"authenticated": False}
+        elif (
+            path == "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+            and review.get("kind") == "SubjectAccessReview"
+        ):
+            attrs = spec.get("nonResourceAttributes") or {}
+            subjects = [spec.get("user"), *(spec.get("groups") or [])]
+            allowed = attrs.get("verb") == "get" and any(
+                (s, attrs.get("path")) in self.grants for s in subjects
+            )
+            review["status"] = {"allowed": allowed}
+        else:
+            self._send_json(
+                h, 404, _status(404, "NotFound", "the server could not find the requested resource")
+            )
+            return
+        self._send_json(h, 201, review)
 
     def forbid_events(self) -> None:
         self.events_forbidden = True

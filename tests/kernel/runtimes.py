@@ -12,10 +12,11 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ALLOCATOR_C = r"""
@@ -73,10 +74,28 @@ def _responds(*args: str) -> bool:
         return False
 
 
+def accepts(socket_path: str) -> Callable[[], bool]:
+    """A probe that a daemon listens on `socket_path`: a socket file alone is not enough, as a
+    daemon that was killed leaves its socket behind."""
+
+    def probe() -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            try:
+                client.connect(socket_path)
+            except OSError:
+                return False
+            return True
+
+    return probe
+
+
 @contextlib.contextmanager
-def daemon(name: str, command: list[str], probe: list[str], timeout_s: float = 60) -> Iterator[None]:
+def daemon(
+    name: str, command: list[str], probe: list[str] | Callable[[], bool], timeout_s: float = 60
+) -> Iterator[None]:
     """`command` running until the block ends, unless `probe` already succeeds (then left alone)."""
-    if _responds(*probe):
+    responds = probe if callable(probe) else lambda: _responds(*probe)
+    if responds():
         yield
         return
     if shutil.which(command[0]) is None:
@@ -86,7 +105,7 @@ def daemon(name: str, command: list[str], probe: list[str], timeout_s: float = 6
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
-        while not _responds(*probe):
+        while not responds():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"{name} did not start; see {log_path}")
             time.sleep(0.3)
@@ -185,7 +204,7 @@ def domain_xml(name: str, memory_mib: int, kernel: Path, initrd: Path, console: 
 def system_libvirt() -> Iterator[str]:
     """The host's own libvirtd (and the virtlogd it logs QEMU's output through); yields its URI."""
     with (
-        daemon("virtlogd", ["virtlogd"], ["test", "-S", "/run/libvirt/virtlogd-sock"]),
+        daemon("virtlogd", ["virtlogd"], accepts("/run/libvirt/virtlogd-sock")),
         daemon("libvirtd", ["libvirtd"], ["virsh", "-c", SYSTEM_LIBVIRT, "version"]),
     ):
         yield SYSTEM_LIBVIRT

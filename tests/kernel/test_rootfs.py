@@ -216,9 +216,14 @@ def test_daemonset_container_traces_a_real_oom_named_by_the_api_server_and_agree
     assert ours["node"] == NODE  # NODE_NAME from the downward API
     assert ours["pod_uid"] == sandbox.pod_uid
     assert (ours["namespace"], ours["pod"], ours["container"]) == ("shop", "shop-7d9f", "cart")
-    # Read access to pods is all it used: what the ClusterRole grants.
-    assert fake.requests and {r["path"] for r in fake.requests} == {"/api/v1/pods"}
-    assert all(r["query"].get("fieldSelector") == f"spec.nodeName={NODE}" for r in fake.requests)
+    # What the ClusterRole grants is all it used: read pods; create (and patch) Events.
+    reads = [r for r in fake.requests if r["path"] == "/api/v1/pods"]
+    writes = [r for r in fake.requests if r["path"] != "/api/v1/pods"]
+    assert reads and all(r["query"].get("fieldSelector") == f"spec.nodeName={NODE}" for r in reads)
+    events = "/apis/events.k8s.io/v1/namespaces/shop/events"
+    assert all(r["path"].startswith(events) and r["verb"] in ("create", "patch") for r in writes), writes
+    [event] = fake.events_about("Pod", "shop-7d9f")  # the kill, as a Kubernetes Event on the pod
+    assert event["reason"] == "OOMKilled" and event["reportingInstance"] == NODE
     assert not [r for r in daemon.log if r.get("level") == "error"], daemon.log
 
 
@@ -260,7 +265,8 @@ def test_without_each_bpf_capability_of_the_manifest_the_probes_do_not_load(
     image: Path, missing: str
 ) -> None:
     caps = [c for c in manifests.added_capabilities() if c != missing]
-    daemon = Daemon(image, caps=caps, env={"OOMTRACE_KUBE": "none"})  # no API server needed here
+    env = {"OOMTRACE_KUBE": "none", "OOMTRACE_KUBE_EVENTS": "0"}  # no API server needed here
+    daemon = Daemon(image, caps=caps, env=env)
     code = daemon.process.wait(timeout=90)
     daemon.cleanup()
 
