@@ -8,7 +8,7 @@ oomtrace uses, over HTTP or HTTPS on 127.0.0.1:
   one JSON watch event per line (chunked), ADDED / MODIFIED / DELETED, and, for a
   resourceVersion older than the kept history, the `ERROR` event with a 410 `Expired`
   Status that a real API server sends (HTTP 200, then the event). Bearer-token auth: a
-  wrong token is `401 Unauthorized`, `forbid()` makes every request `403 Forbidden`; both
+  wrong token is `401 Unauthorized`, `forbidden = True` makes every request `403 Forbidden`; both
   answer a v1 Status object, as the real server does.
 - kubelet: `GET /pods` answers a v1 PodList of every pod (the kubelet's own view, no
   resourceVersion), with the same bearer-token auth.
@@ -396,6 +396,9 @@ class FakeKube:
         scheme, _, token = auth.strip().partition(" ")
         if scheme.lower() != "bearer" or token.strip() != self.token:
             self._send_json(h, 401, _status(401, "Unauthorized", "Unauthorized"))
+            return
+        if self.forbidden:
+            self._send_json(h, 403, _status(403, "Forbidden", f"cannot create {path}"))
             return
         try:
             review = json.loads(body_bytes)

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from tracer.http.address import parse_address
+from tracer.http.auth import Authorizer
 from tracer.http.events import EventsEndpoint
 from tracer.sinks.stream import StreamHub
 
@@ -99,6 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, body: bool) -> None:
         path = urlsplit(self.path).path
+        if path != "/healthz" and not self._authorized(path, body):
+            return
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             try:
@@ -119,16 +122,31 @@ class _Handler(BaseHTTPRequestHandler):
             routes = "/metrics, /healthz or /events" if self.server.events else "/metrics or /healthz"
             self._send(HTTPStatus.NOT_FOUND, f"not found; try {routes}\n", body)
 
+    def _authorized(self, path: str, body: bool) -> bool:
+        """True to serve `path`; else the refusal is sent. /healthz never gets here: kubelet's
+        probes carry no token."""
+        if self.server.authorizer is None:
+            return True
+        verdict = self.server.authorizer.check(self.headers.get("Authorization"), path)
+        if verdict.status == HTTPStatus.OK:
+            return True
+        challenge = {"WWW-Authenticate": 'Bearer realm="oomtrace"'} if verdict.status == 401 else {}
+        self._send(HTTPStatus(verdict.status), f"{verdict.reason}\n", body, headers=challenge)
+        return False
+
     def _send(
         self,
         status: HTTPStatus,
         payload: bytes | str,
         body: bool,
         content_type: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
     ) -> None:
         data = payload.encode() if isinstance(payload, str) else payload
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if body:
@@ -150,8 +168,10 @@ class _Server(ThreadingHTTPServer):
         health: Health,
         stream: StreamHub | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.address_family = family
+        self.authorizer = authorizer
         self.registry = registry
         self.health = health
         self.events = EventsEndpoint(stream) if stream is not None else None
@@ -241,32 +261,36 @@ def start_http_server(
     health: Health,
     stream: StreamHub | None = None,
     max_connections: int = MAX_CONNECTIONS,
+    authorizer: Authorizer | None = None,
 ) -> HttpServer:
     """Serve /metrics and /healthz (and /events from `stream`, if given) on `address` from a
     daemon thread, and return at once.
 
     Raises ValueError for an address that does not parse or resolve, OSError if it cannot be bound
-    (e.g. in use). `:port` listens on IPv6 and IPv4 where the host has IPv6, else on IPv4 only.
+    (e.g. in use). With `authorizer`, every path but /healthz needs its verdict (tracer.http.auth).
+    `:port` listens on IPv6 and IPv4 where the host has IPv6, else on IPv4 only.
     """
     host, port = parse_address(address)
     if host == "":
         try:
             return _listen(
-                address, socket.AF_INET6, ("::", port), True, registry, health, stream, max_connections
+                address, socket.AF_INET6, ("::", port), True,
+                registry, health, stream, max_connections, authorizer,
             )
         except OSError as e:
             # No IPv6 on this host: fall back to IPv4 only. Anything else is the caller's to see.
             if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
         return _listen(
-            address, socket.AF_INET, ("0.0.0.0", port), False, registry, health, stream, max_connections
+            address, socket.AF_INET, ("0.0.0.0", port), False,
+            registry, health, stream, max_connections, authorizer,
         )
     try:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ValueError(f"bad listen address {address!r}: cannot resolve {host!r}: {e.strerror}") from None
     family, _type, _proto, _name, sockaddr = infos[0]
-    return _listen(address, family, sockaddr, False, registry, health, stream, max_connections)
+    return _listen(address, family, sockaddr, False, registry, health, stream, max_connections, authorizer)
 
 
 def _listen(
@@ -278,9 +302,10 @@ def _listen(
     health: Health,
     stream: StreamHub | None = None,
     max_connections: int = MAX_CONNECTIONS,
+    authorizer: Authorizer | None = None,
 ) -> HttpServer:
     try:
-        server = _Server(family, sockaddr, dual_stack, registry, health, stream, max_connections)
+        server = _Server(family, sockaddr, dual_stack, registry, health, stream, max_connections, authorizer)
     except OSError as e:
         raise OSError(e.errno, f"cannot listen on {address!r}: {e.strerror}") from e
     return HttpServer(server)
