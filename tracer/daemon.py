@@ -7,20 +7,27 @@ counters. The HTTP server runs in its own daemon thread and only reads. What run
 one place from the configuration: tracer/cli/run.py.
 """
 
+from __future__ import annotations
+
 import os
 import signal
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from tracer.http.address import is_loopback
+from tracer.http.auth import Authorizer
 from tracer.kernel.source import DEFAULT_RINGBUF_PAGES
 from tracer.pipeline import Pipeline
 from tracer.sinks.stream import DEFAULT_CLIENT_QUEUE, DEFAULT_MAX_CLIENTS, DEFAULT_REPLAY, StreamHub
 from tracer.timefmt import WallClock
+
+if TYPE_CHECKING:
+    from tracer.http.tls import ServerTls
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class RunConfig:
     stream_max_clients: int = DEFAULT_MAX_CLIENTS
     stream_client_queue: int = DEFAULT_CLIENT_QUEUE  # events queued per /events client before it is dropped
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES  # smaller only in tests
+    http_auth: str = "none"  # --http-auth, for the log: tracer.http.auth.SCHEMES
 
 
 def default_node_name() -> str:
@@ -83,6 +91,8 @@ class Daemon:
         clock: WallClock,
         log: Any,
         stream: StreamHub | None = None,
+        authorizer: Authorizer | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -91,6 +101,8 @@ class Daemon:
         self.clock = clock
         self.log = log
         self.stream = stream  # served at GET /events; also one of the pipeline's sinks
+        self.authorizer = authorizer  # who may read /metrics and /events; None: anyone
+        self.tls = tls
         self.attached = False
         self.last_loop = time.monotonic()
         self.stop = _Stop()
@@ -112,8 +124,20 @@ class Daemon:
         http = None
         if self.config.metrics_address is not None:
             address = self.config.metrics_address
-            http = start_http_server(address, self.registry, self.health, self.stream)
-            self.log.info("serving /metrics and /healthz", address=address, port=http.port)
+            http = start_http_server(
+                address, self.registry, self.health, self.stream, authorizer=self.authorizer, tls=self.tls
+            )
+            auth = self.config.http_auth
+            self.log.info(
+                "serving /metrics and /healthz", address=address, port=http.port, auth=auth,
+                tls=self.tls is not None,
+            )  # fmt: skip
+            if self.authorizer is None and not is_loopback(http.host):
+                self.log.warning(
+                    "/metrics and /events are open to anyone who can reach this address: "
+                    "--http-auth token-file or kubernetes, or a loopback --metrics-address",
+                    address=address,
+                )
         try:
             self.pipeline.start()
             try:

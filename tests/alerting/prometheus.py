@@ -39,12 +39,22 @@ class PrometheusServer:
         targets: Mapping[str, Mapping[str, str]],
         job: str = "oomtrace",
         interval_s: float = 1.0,
+        bearer_token_file: Path | None = None,
     ) -> None:
         if shutil.which(PROMETHEUS) is None:
             raise AssertionError(f"{PROMETHEUS} is missing: scripts/install.sh installs Debian's prometheus")
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "rules.yaml").write_text(yaml.safe_dump(dict(rules), sort_keys=False))
         interval = f"{int(interval_s * 1000)}ms"
+        job_config: dict[str, Any] = {
+            "job_name": job,
+            "honor_labels": True,
+            "static_configs": [
+                {"targets": [address], "labels": dict(labels)} for address, labels in targets.items()
+            ],
+        }
+        if bearer_token_file is not None:  # a tracer run with --http-auth
+            job_config["authorization"] = {"type": "Bearer", "credentials_file": str(bearer_token_file)}
         config = {
             "global": {
                 "scrape_interval": interval,
@@ -52,15 +62,7 @@ class PrometheusServer:
                 "scrape_timeout": interval,
             },
             "rule_files": [str(workdir / "rules.yaml")],
-            "scrape_configs": [
-                {
-                    "job_name": job,
-                    "honor_labels": True,
-                    "static_configs": [
-                        {"targets": [address], "labels": dict(labels)} for address, labels in targets.items()
-                    ],
-                }
-            ],
+            "scrape_configs": [job_config],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = workdir / "prometheus.log"

@@ -12,9 +12,12 @@ DEPLOY = REPO / "deploy"
 DAEMONSET = DEPLOY / "daemonset.yaml"
 PRIVILEGED = DEPLOY / "daemonset-privileged.yaml"
 SERVICEMONITOR = DEPLOY / "servicemonitor.yaml"
-# Every Kubernetes manifest this task ships (the PrometheusRule and shipper configs have
-# their own tests).
+PROMETHEUS_ACCESS = DEPLOY / "prometheus-access.yaml"
+NETWORKPOLICY = DEPLOY / "networkpolicy.yaml"
+# The two ways to deploy oomtrace (the PrometheusRule and shipper configs have their own tests).
 KUBERNETES_MANIFESTS = (DAEMONSET, PRIVILEGED)
+# Applied beside either, edited to the cluster: who may read, and who may connect.
+EXAMPLES = (PROMETHEUS_ACCESS, NETWORKPOLICY)
 
 
 @cache
@@ -24,6 +27,11 @@ def documents(path: Path) -> tuple[dict[str, Any], ...]:
 
 def one(path: Path, kind: str) -> dict[str, Any]:
     (found,) = (d for d in documents(path) if d["kind"] == kind)
+    return found
+
+
+def named(path: Path, kind: str, name: str) -> dict[str, Any]:
+    (found,) = (d for d in documents(path) if d["kind"] == kind and d["metadata"]["name"] == name)
     return found
 
 

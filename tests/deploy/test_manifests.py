@@ -27,7 +27,7 @@ SERVICEMONITOR_SCHEMA = Path(__file__).with_name("schemas") / "servicemonitor-v1
 def _cases() -> list[Any]:
     return [
         pytest.param(path, i, version, id=f"{path.name}-{doc['kind']}-{version}")
-        for path in manifests.KUBERNETES_MANIFESTS
+        for path in (*manifests.KUBERNETES_MANIFESTS, *manifests.EXAMPLES)
         for i, doc in enumerate(manifests.documents(path))
         for version in VERSIONS
     ]
@@ -87,7 +87,15 @@ def test_one_apply_creates_the_namespace_first_and_puts_everything_in_it(path: P
 
     assert kinds[0] == "Namespace"
     assert sorted(kinds) == sorted(
-        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service"]
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Service",
+        ]
     )
     namespace = docs[0]["metadata"]["name"]
     for doc in docs:
@@ -123,10 +131,11 @@ def test_servicemonitor_scrapes_that_service_as_the_job_the_alert_rules_watch() 
 
 
 def test_privileged_variant_differs_from_the_minimal_one_only_in_its_daemonset() -> None:
-    minimal = {d["kind"]: d for d in manifests.documents(manifests.DAEMONSET)}
-    privileged = {d["kind"]: d for d in manifests.documents(manifests.PRIVILEGED)}
+    minimal = {(d["kind"], d["metadata"]["name"]): d for d in manifests.documents(manifests.DAEMONSET)}
+    privileged = {(d["kind"], d["metadata"]["name"]): d for d in manifests.documents(manifests.PRIVILEGED)}
 
     assert minimal.keys() == privileged.keys()
-    for kind in minimal.keys() - {"DaemonSet"}:
-        assert minimal[kind] == privileged[kind], kind
-    assert minimal["DaemonSet"]["metadata"] == privileged["DaemonSet"]["metadata"]
+    daemonset = ("DaemonSet", "oomtrace")
+    for key in minimal.keys() - {daemonset}:
+        assert minimal[key] == privileged[key], key
+    assert minimal[daemonset]["metadata"] == privileged[daemonset]["metadata"]

@@ -5,6 +5,7 @@ kernel that the image works with exactly these privileges and that each capabili
 """
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -150,18 +151,55 @@ def test_rolling_update_bounds_unavailable_nodes_and_grace_period_allows_a_clean
     assert manifests.pod_spec()["terminationGracePeriodSeconds"] >= 10
 
 
-def test_cluster_role_only_reads_pods_and_creates_and_patches_events() -> None:
-    role = manifests.one(manifests.DAEMONSET, "ClusterRole")
+def test_cluster_role_only_reads_pods_posts_events_and_asks_who_a_token_is() -> None:
+    role = manifests.named(manifests.DAEMONSET, "ClusterRole", "oomtrace")
 
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     ]
     assert manifests.env()["OOMTRACE_KUBE_EVENTS"] == "1"  # the sink that needs the second rule
+    assert manifests.env()["OOMTRACE_HTTP_AUTH"] == "kubernetes"  # the check that needs the last two
+
+
+@pytest.mark.parametrize("path", manifests.KUBERNETES_MANIFESTS, ids=lambda p: p.name)
+def test_metrics_and_events_are_served_only_to_tokens_the_api_server_allows(path: Path) -> None:
+    assert manifests.env(path)["OOMTRACE_HTTP_AUTH"] == "kubernetes"
+    reader = manifests.named(path, "ClusterRole", "oomtrace-reader")
+    # The paths the server guards (tracer/http/server.py), and nothing that would reach further.
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics", "/events"], "verbs": ["get"]}]
+
+
+def test_prometheus_is_given_the_reader_role_and_scrapes_with_its_token() -> None:
+    (binding,) = manifests.documents(manifests.PROMETHEUS_ACCESS)
+    (monitor,) = manifests.documents(manifests.SERVICEMONITOR)
+
+    assert binding["kind"] == "ClusterRoleBinding"
+    assert binding["roleRef"]["name"] == "oomtrace-reader"
+    assert [s["kind"] for s in binding["subjects"]] == ["ServiceAccount"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def test_the_network_policy_admits_only_the_monitoring_namespace_to_the_http_port() -> None:
+    (policy,) = manifests.documents(manifests.NETWORKPOLICY)
+    daemonset = manifests.one(manifests.DAEMONSET, "DaemonSet")
+    (port,) = manifests.container()["ports"]
+
+    assert policy["metadata"]["namespace"] == daemonset["metadata"]["namespace"]
+    labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": port["name"], "protocol": "TCP"}]
+    (source,) = rule["from"]
+    assert source == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 
 
 def test_the_binding_gives_that_role_to_the_daemonsets_service_account() -> None:
-    binding = manifests.one(manifests.DAEMONSET, "ClusterRoleBinding")
+    binding = manifests.named(manifests.DAEMONSET, "ClusterRoleBinding", "oomtrace")
     account = manifests.one(manifests.DAEMONSET, "ServiceAccount")
 
     assert binding["roleRef"] == {

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,22 @@ from tracer.cli.sandbox import PodSandbox
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = "node-under-test"
+PROMETHEUS = "system:serviceaccount:monitoring:prometheus-k8s"
+REVIEWS = {
+    "/apis/authentication.k8s.io/v1/tokenreviews",
+    "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+}
+
+
+def http_get(port: int, path: str, token: str | None = None) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +198,10 @@ def test_daemonset_container_traces_a_real_oom_named_by_the_api_server_and_agree
     # As on a real node, oomtrace's own pod is there before it starts.
     fake.add(pod("0f0e0d0c-0000-4000-8000-000000000001", "oomtrace-x7k2p", namespace="oomtrace", node=NODE,
                  containers={"oomtrace": "ab" * 32}))  # fmt: skip
+    # Prometheus's token, allowed /metrics by the oomtrace-reader role; another pod's, allowed nothing.
+    fake.user("prometheus-token", PROMETHEUS, ("system:serviceaccounts",))
+    fake.grant(PROMETHEUS, "/metrics")
+    fake.user("nosy-token", "system:serviceaccount:shop:default", ("system:serviceaccounts",))
     daemon = Daemon(
         image,
         env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)},
@@ -188,8 +209,13 @@ def test_daemonset_container_traces_a_real_oom_named_by_the_api_server_and_agree
     )
     try:
         daemon.wait_ready()
-        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/healthz", timeout=5) as answer:
-            assert answer.status == 200
+        # The manifest's default: kubelet's probes get /healthz, nobody gets /metrics or /events
+        # without a token the API server allows.
+        assert http_get(daemon.port, "/healthz") == 200
+        assert http_get(daemon.port, "/metrics") == 401
+        assert http_get(daemon.port, "/events") == 401
+        assert http_get(daemon.port, "/metrics", "nosy-token") == 403
+        assert http_get(daemon.port, "/metrics", "prometheus-token") == 200
         with PodSandbox(limit_bytes=64 * MIB) as sandbox:
             fake.add(
                 pod(
@@ -216,10 +242,13 @@ def test_daemonset_container_traces_a_real_oom_named_by_the_api_server_and_agree
     assert ours["node"] == NODE  # NODE_NAME from the downward API
     assert ours["pod_uid"] == sandbox.pod_uid
     assert (ours["namespace"], ours["pod"], ours["container"]) == ("shop", "shop-7d9f", "cart")
-    # What the ClusterRole grants is all it used: read pods; create (and patch) Events.
+    # What the ClusterRole grants is all it used: read pods; create (and patch) Events; create
+    # token and access reviews.
     reads = [r for r in fake.requests if r["path"] == "/api/v1/pods"]
-    writes = [r for r in fake.requests if r["path"] != "/api/v1/pods"]
+    reviews = [r for r in fake.requests if r["path"] in REVIEWS]
+    writes = [r for r in fake.requests if r["path"] != "/api/v1/pods" and r not in reviews]
     assert reads and all(r["query"].get("fieldSelector") == f"spec.nodeName={NODE}" for r in reads)
+    assert {r["path"] for r in reviews} == REVIEWS and all(r["verb"] == "create" for r in reviews)
     events = "/apis/events.k8s.io/v1/namespaces/shop/events"
     assert all(r["path"].startswith(events) and r["verb"] in ("create", "patch") for r in writes), writes
     [event] = fake.events_about("Pod", "shop-7d9f")  # the kill, as a Kubernetes Event on the pod
@@ -265,7 +294,8 @@ def test_without_each_bpf_capability_of_the_manifest_the_probes_do_not_load(
     image: Path, missing: str
 ) -> None:
     caps = [c for c in manifests.added_capabilities() if c != missing]
-    env = {"OOMTRACE_KUBE": "none", "OOMTRACE_KUBE_EVENTS": "0"}  # no API server needed here
+    # No API server needed here, so nothing that asks one.
+    env = {"OOMTRACE_KUBE": "none", "OOMTRACE_KUBE_EVENTS": "0", "OOMTRACE_HTTP_AUTH": "none"}
     daemon = Daemon(image, caps=caps, env=env)
     code = daemon.process.wait(timeout=90)
     daemon.cleanup()

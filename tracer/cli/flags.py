@@ -10,6 +10,7 @@ from typing import NoReturn
 from tracer import __version__, errors
 from tracer.cli import flagtypes
 from tracer.http.address import DEFAULT_LISTEN
+from tracer.http.auth import NONE, SCHEMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="host:port for /metrics, /healthz and /events; 'none' to disable "
         "(env OOMTRACE_METRICS_ADDRESS; default %(default)s)",
     )
+    _add_http_access_flags(run)
     run.add_argument(
         "--source",
         choices=("bpf", "kmsg"),
@@ -169,6 +171,44 @@ def _add_tracing_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_http_access_flags(parser: argparse.ArgumentParser) -> None:
+    """Who may read /metrics and /events, and whether they are served over TLS (docs/deploy.md)."""
+    group = parser.add_argument_group(
+        "Access to /metrics and /events (they carry pod, container and VM names; /healthz stays open)"
+    )
+    group.add_argument(
+        "--http-auth",
+        choices=SCHEMES,
+        default=flagtypes.env("HTTP_AUTH", NONE),
+        help="none: anyone who can reach --metrics-address (on a plain host, bind it to "
+        "127.0.0.1); token-file: a bearer token equal to --http-token-file's; kubernetes: a bearer "
+        "token the API server authenticates (TokenReview) and allows to get the path "
+        "(SubjectAccessReview), as kube-rbac-proxy does (env OOMTRACE_HTTP_AUTH; default %(default)s)",
+    )
+    group.add_argument(
+        "--http-token-file",
+        type=Path,
+        default=flagtypes.env("HTTP_TOKEN_FILE", None),
+        metavar="PATH",
+        help="--http-auth token-file: the file holding the token (re-read when it changes)",
+    )
+    group.add_argument(
+        "--http-tls-cert",
+        type=Path,
+        default=flagtypes.env("HTTP_TLS_CERT", None),
+        metavar="PATH",
+        help="serve HTTPS with this PEM certificate (chain) and --http-tls-key; both are reloaded "
+        "when rotated (env OOMTRACE_HTTP_TLS_CERT)",
+    )
+    group.add_argument(
+        "--http-tls-key",
+        type=Path,
+        default=flagtypes.env("HTTP_TLS_KEY", None),
+        metavar="PATH",
+        help="the PEM private key of --http-tls-cert (env OOMTRACE_HTTP_TLS_KEY)",
+    )
+
+
 def _add_attribution_flags(parser: argparse.ArgumentParser) -> None:
     """Kubernetes names, VM attribution and overhead advice (tracer.kube, tracer.vm, tracer.overhead)."""
     from tracer.enrich import kube, overhead
@@ -211,8 +251,8 @@ def _add_attribution_flags(parser: argparse.ArgumentParser) -> None:
         "--kubeconfig",
         type=Path,
         default=flagtypes.env("KUBECONFIG", None),
-        help="--kube apiserver outside a cluster: the kubeconfig to use (default: in-cluster "
-        "service account, else $KUBECONFIG)",
+        help="--kube apiserver and --http-auth kubernetes outside a cluster: the kubeconfig to "
+        "use (default: in-cluster service account, else $KUBECONFIG)",
     )
     group.add_argument(
         "--kubelet-url",

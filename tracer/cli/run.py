@@ -1,16 +1,19 @@
 """`oomtrace run`: the composition root. Builds the one pipeline from the configuration —
 source → resolve → enrich → sinks — and the daemon that runs it."""
 
+from __future__ import annotations
+
 import argparse
 import os
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from tracer.daemon import Daemon, RunConfig, Source, default_node_name
 from tracer.diagnostics import stderr_log
 from tracer.errors import UsageError
+from tracer.http.auth import Authorizer
 from tracer.pipeline import Pipeline, Sink, Stage
 from tracer.resolve.cgroups import CgroupResolver
 from tracer.resolve.containerd import ContainerdTasks
@@ -21,6 +24,9 @@ from tracer.sinks.stream import DEFAULT_CLIENT_QUEUE, DEFAULT_MAX_CLIENTS, DEFAU
 from tracer.sources.bpf import BpfConfig, BpfSource, Load, load_with_bcc
 from tracer.sources.kmsg.source import KmsgSource
 from tracer.timefmt import WallClock
+
+if TYPE_CHECKING:
+    from tracer.http.tls import ServerTls
 
 
 def run_config(args: argparse.Namespace, duration: float | None = None) -> RunConfig:
@@ -40,6 +46,7 @@ def run_config(args: argparse.Namespace, duration: float | None = None) -> RunCo
         stream_max_clients=getattr(args, "stream_max_clients", DEFAULT_MAX_CLIENTS),
         stream_client_queue=getattr(args, "stream_client_queue", DEFAULT_CLIENT_QUEUE),
         ringbuf_pages=getattr(args, "ringbuf_pages", RunConfig.ringbuf_pages),
+        http_auth=getattr(args, "http_auth", RunConfig.http_auth),
     )
 
 
@@ -129,7 +136,49 @@ def build_daemon(
             ringbuf_pages=config.ringbuf_pages,
         )
         source = BpfSource(bpf, pipeline.publish, metrics, log, load, flush=pipeline.flush)
-    return Daemon(config, source, pipeline, registry, clock, log, stream)
+    authorizer, tls = http_access(args, config, registry) if config.metrics_address else (None, None)
+    return Daemon(config, source, pipeline, registry, clock, log, stream, authorizer, tls)
+
+
+def http_access(
+    args: argparse.Namespace, config: RunConfig, registry: CollectorRegistry
+) -> tuple[Authorizer | None, ServerTls | None]:
+    """Who may read /metrics and /events (--http-auth), and the TLS pair if one is given."""
+    from tracer.http import auth
+
+    scheme = getattr(args, "http_auth", auth.NONE)
+    token_file = getattr(args, "http_token_file", None)
+    if scheme not in auth.SCHEMES:  # argparse checks choices on the command line only
+        choices = ", ".join(auth.SCHEMES)
+        raise UsageError(f"--http-auth (or OOMTRACE_HTTP_AUTH) must be one of {choices}, not {scheme!r}")
+    if (scheme == auth.TOKEN_FILE) != (token_file is not None):
+        raise UsageError("--http-token-file goes with --http-auth token-file, and only with it")
+    inner: Authorizer | None = None
+    if token_file is not None:  # the scheme is token-file: checked above
+        try:
+            inner = auth.TokenFileAuth(token_file)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    elif scheme == auth.KUBERNETES:
+        from tracer.enrich import kube
+
+        try:
+            client = kube.api_client(args.kubeconfig)
+        except kube.KubeError as err:
+            raise UsageError(f"--http-auth kubernetes: {err}") from None
+        inner = auth.KubernetesAuth(auth.ApiReviews(client))
+    cert, key = getattr(args, "http_tls_cert", None), getattr(args, "http_tls_key", None)
+    tls = None
+    if (cert is None) != (key is None):
+        raise UsageError("--http-tls-cert and --http-tls-key go together")
+    if cert is not None and key is not None:
+        from tracer.http.tls import ServerTls
+
+        try:
+            tls = ServerTls(cert, key)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    return (auth.Counted(inner, registry) if inner is not None else None), tls
 
 
 def set_nice(value: int) -> None:

@@ -33,3 +33,11 @@ def parse_address(address: str) -> tuple[str, int]:
     if not _PORT.fullmatch(port) or int(port) > 65535:
         raise ValueError(f"bad listen address {address!r}: port must be a number from 0 to 65535")
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a bound host only this machine can reach (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -55,6 +56,8 @@ def _hung_up(conn: socket.socket) -> bool:
     """True if the client closed its end (a stream client sends nothing after its request)."""
     try:
         readable, _, _ = select.select([conn], [], [], 0)
+        if readable and isinstance(conn, ssl.SSLSocket):
+            return True  # TLS cannot peek; all a stream client sends after its request is close_notify
         return bool(readable) and conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except (BlockingIOError, InterruptedError):
         return False

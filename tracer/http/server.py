@@ -26,6 +26,7 @@ from prometheus_client.exposition import choose_encoder
 from tracer.http.address import parse_address
 from tracer.http.auth import Authorizer
 from tracer.http.events import EventsEndpoint
+from tracer.http.tls import ServerTls
 from tracer.sinks.stream import StreamHub
 
 # Scrapers and kubelet probes send a few hundred bytes; anything much larger is not one of them.
@@ -169,9 +170,11 @@ class _Server(ThreadingHTTPServer):
         stream: StreamHub | None = None,
         max_connections: int = MAX_CONNECTIONS,
         authorizer: Authorizer | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.address_family = family
         self.authorizer = authorizer
+        self.tls = tls
         self.registry = registry
         self.health = health
         self.events = EventsEndpoint(stream) if stream is not None else None
@@ -184,11 +187,12 @@ class _Server(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             # Every slot is taken (slow, idle or streaming clients): answer without a thread,
             # so a flood of connections costs no more than this.
-            try:
-                request.settimeout(1.0)
-                request.sendall(_BUSY_REPLY)
-            except OSError:
-                pass
+            if self.tls is None:  # a TLS client would read plain text as a bad record: just close
+                try:
+                    request.settimeout(1.0)
+                    request.sendall(_BUSY_REPLY)
+                except OSError:
+                    pass
             self.shutdown_request(request)
             return
         try:
@@ -196,6 +200,22 @@ class _Server(ThreadingHTTPServer):
         except BaseException:
             self._slots.release()  # the thread did not start
             raise
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # The handshake runs here, on the connection's own thread, under the request timeout:
+        # a client that stalls it holds one slot, never the accept loop.
+        request.settimeout(REQUEST_TIMEOUT_S)
+        try:
+            secured = self.tls.context().wrap_socket(request, server_side=True)
+        except (OSError, ValueError):
+            return  # not TLS, a bad handshake, or gone: nothing to answer
+        try:
+            super().finish_request(secured, client_address)
+        finally:
+            secured.close()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -262,50 +282,38 @@ def start_http_server(
     stream: StreamHub | None = None,
     max_connections: int = MAX_CONNECTIONS,
     authorizer: Authorizer | None = None,
+    tls: ServerTls | None = None,
 ) -> HttpServer:
     """Serve /metrics and /healthz (and /events from `stream`, if given) on `address` from a
     daemon thread, and return at once.
 
     Raises ValueError for an address that does not parse or resolve, OSError if it cannot be bound
-    (e.g. in use). With `authorizer`, every path but /healthz needs its verdict (tracer.http.auth).
+    (e.g. in use). With `authorizer`, every path but /healthz needs its verdict (tracer.http.auth);
+    with `tls`, every connection is HTTPS (tracer.http.tls).
     `:port` listens on IPv6 and IPv4 where the host has IPv6, else on IPv4 only.
     """
+
+    def listen(family: socket.AddressFamily, sockaddr: tuple[Any, ...], dual_stack: bool) -> HttpServer:
+        try:
+            server = _Server(
+                family, sockaddr, dual_stack, registry, health, stream, max_connections, authorizer, tls
+            )
+        except OSError as e:
+            raise OSError(e.errno, f"cannot listen on {address!r}: {e.strerror}") from e
+        return HttpServer(server)
+
     host, port = parse_address(address)
     if host == "":
         try:
-            return _listen(
-                address, socket.AF_INET6, ("::", port), True,
-                registry, health, stream, max_connections, authorizer,
-            )
+            return listen(socket.AF_INET6, ("::", port), True)
         except OSError as e:
             # No IPv6 on this host: fall back to IPv4 only. Anything else is the caller's to see.
             if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
-        return _listen(
-            address, socket.AF_INET, ("0.0.0.0", port), False,
-            registry, health, stream, max_connections, authorizer,
-        )
+        return listen(socket.AF_INET, ("0.0.0.0", port), False)
     try:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ValueError(f"bad listen address {address!r}: cannot resolve {host!r}: {e.strerror}") from None
     family, _type, _proto, _name, sockaddr = infos[0]
-    return _listen(address, family, sockaddr, False, registry, health, stream, max_connections, authorizer)
-
-
-def _listen(
-    address: str,
-    family: socket.AddressFamily,
-    sockaddr: tuple[Any, ...],
-    dual_stack: bool,
-    registry: CollectorRegistry,
-    health: Health,
-    stream: StreamHub | None = None,
-    max_connections: int = MAX_CONNECTIONS,
-    authorizer: Authorizer | None = None,
-) -> HttpServer:
-    try:
-        server = _Server(family, sockaddr, dual_stack, registry, health, stream, max_connections, authorizer)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot listen on {address!r}: {e.strerror}") from e
-    return HttpServer(server)
+    return listen(family, sockaddr, False)

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from tracer import errors
@@ -25,8 +26,9 @@ from tracer.cli.watch.client import (
     parse_endpoint,
     query_string,
 )
+from tracer.cli.watch.credentials import credentials, tls_context
 from tracer.cli.watch.render import use_colour
-from tracer.http.address import DEFAULT_PORT
+from tracer.http.address import DEFAULT_PORT, is_loopback
 from tracer.schema import KINDS
 
 
@@ -88,6 +90,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "after this event id (0: all it keeps)",
     )
     parser.add_argument("--count", type=_count, metavar="N", help="exit after N events")
+    credentials = parser.add_mutually_exclusive_group()
+    credentials.add_argument(
+        "--token-file",
+        type=Path,
+        default=os.environ.get("OOMTRACE_WATCH_TOKEN_FILE") or None,
+        metavar="PATH",
+        help="send this file's token as `Authorization: Bearer` (a tracer run with --http-auth; "
+        "re-read at each reconnect; env OOMTRACE_WATCH_TOKEN_FILE)",
+    )
+    credentials.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="PATH",
+        help="send the bearer token of this kubeconfig's current user, as kubectl would (a tracer "
+        "run with --http-auth kubernetes)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        default=os.environ.get("OOMTRACE_WATCH_CA_FILE") or None,
+        metavar="PATH",
+        help="https://: trust this PEM CA bundle for the tracer's certificate (default: the "
+        "system's; env OOMTRACE_WATCH_CA_FILE)",
+    )
     parser.add_argument(
         "--color",
         choices=("auto", "always", "never"),
@@ -113,7 +139,13 @@ def watch(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
             colour=use_colour(args.color, out),
             since=args.since,
             count=args.count,
+            token=credentials(args.token_file, args.kubeconfig),
+            tls=tls_context(endpoint, args.ca_file),
         )
+        if watcher.token is not None and endpoint.scheme == "http" and not is_loopback(endpoint.host):
+            err.write(
+                "watch: note: the bearer token goes over plain http; use https:// where the tracer has TLS\n"
+            )
         return watcher.run()
     except WatchError as error:
         errors.report(str(error), err)

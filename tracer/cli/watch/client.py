@@ -9,6 +9,7 @@ import http.client
 import json
 import random
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,8 +79,6 @@ def query_string(args: argparse.Namespace) -> list[tuple[str, str]]:
     return query
 
 
-
-
 class Backoff:
     """Exponential backoff with jitter: about initial, twice that, four times, … up to maximum seconds."""
 
@@ -129,6 +128,8 @@ class Watcher:
         since: str | None = None,
         count: int | None = None,
         backoff: Backoff | None = None,
+        token: Callable[[], str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.query = query
@@ -139,6 +140,8 @@ class Watcher:
         self.since = since
         self.count = count
         self.backoff = backoff or Backoff()
+        self.token = token  # the bearer token to send, read anew for each connection
+        self.tls = tls  # https://: whom to trust (None: the system's CAs)
         self.last_id: str | None = None
         self.shown = 0
         self.connections = 0
@@ -187,9 +190,21 @@ class Watcher:
         return self.endpoint.path + (f"?{urlencode(query)}" if query else "")
 
     def _connect(self) -> http.client.HTTPResponse:
-        cls = http.client.HTTPSConnection if self.endpoint.scheme == "https" else http.client.HTTPConnection
-        self._conn = conn = cls(self.endpoint.host, self.endpoint.port, timeout=CONNECT_TIMEOUT_S)
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if self.token is not None:
+            try:
+                headers["Authorization"] = f"Bearer {self.token()}"
+            except WatchError as err:
+                if self.connections == 0:
+                    raise
+                raise _Retry(str(err)) from None  # mid-rotation, say: the next attempt may find it
+        conn: http.client.HTTPConnection
+        where = (self.endpoint.host, self.endpoint.port)
+        if self.endpoint.scheme == "https":
+            conn = http.client.HTTPSConnection(*where, timeout=CONNECT_TIMEOUT_S, context=self.tls)
+        else:
+            conn = http.client.HTTPConnection(*where, timeout=CONNECT_TIMEOUT_S)
+        self._conn = conn
         if self.last_id is not None:
             headers["Last-Event-ID"] = self.last_id
         conn.request("GET", self._path(), headers=headers)
@@ -207,7 +222,16 @@ class Watcher:
             raise WatchError(f"{self.endpoint.url}: no event stream there (404): is it an oomtrace?")
         if response.status in (429, 503) or response.status >= 500:
             raise _Retry(f"the tracer answered {response.status}: {first}", _retry_after(response))
-        raise WatchError(f"the tracer refused the request ({response.status}): {first}")
+        hint = ""
+        if response.status == 401:
+            hint = (
+                "; it wants a bearer token: --token-file or --kubeconfig"
+                if self.token is None
+                else "; the token was not accepted"
+            )
+        elif response.status == 403:
+            hint = "; the token's user may not get this path (RBAC nonResourceURLs)"
+        raise WatchError(f"the tracer refused the request ({response.status}): {first}{hint}")
 
     def _follow(self) -> bool:
         """One connection; True once --count events are shown."""
