@@ -16,9 +16,10 @@ buffer's wake-up of the tracer (irq_work). The same rates are therefore run a se
 the console level lowered to 3 for the duration (the line stays in /dev/kmsg; the level is
 restored after), to separate the console's share from the tracer's.
 
-Last, two storms of 50 cgroups OOMing at once (every allocator runnable, reclaiming on both
-CPUs), the tracer at nice 0 and then at nice -10 (`oomtrace run --nice`): in a storm the
-tracer's CPU priority, not its own work, decides when a kill's line comes out.
+Last, storms of 50 cgroups OOMing at once (every allocator runnable, reclaiming on both CPUs),
+the tracer at nice 0 and at nice -10 (`oomtrace run --nice`), four of each, interleaved, their
+kills pooled: in a storm the tracer's wait for a CPU, not its own work, decides when a kill's
+line comes out.
 
 Latency per oom_kill event: CLOCK_MONOTONIC when a process that only
 reads and stamps the tracer's stdout read the line minus the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 from typing import Any
 
@@ -78,6 +80,30 @@ def _drive(zygotes: list[Zygote], pool: Pool, rate: int, seconds: float, in_flig
 STORM_CGROUPS = 50
 STORM_LIMIT = 32 * MIB
 STORM_NICE = (0, -10)
+STORM_REPS = 4  # interleaved: one storm's tail varies by 2x from the next, and so does the host
+
+
+def _storms(tracer: TracerRun, zygote: Zygote) -> list[dict[str, Any]]:
+    """Each nice value STORM_REPS times, interleaved; every kill of a nice value pooled."""
+    runs: dict[int, list[dict[str, Any]]] = {nice: [] for nice in STORM_NICE}
+    for rep in range(STORM_REPS):
+        for nice in STORM_NICE if rep % 2 == 0 else reversed(STORM_NICE):
+            say(f"latency: storm {rep + 1}/{STORM_REPS} of {STORM_CGROUPS} cgroups, tracer at nice {nice}")
+            runs[nice].append(_storm(tracer, zygote, nice))
+            time.sleep(1.0)
+    return [
+        {
+            "cgroups": STORM_CGROUPS,
+            "tracer_nice": nice,
+            "storms": len(storms),
+            "storm_seconds": round(statistics.median(st["storm_seconds"] for st in storms), 2),
+            "kernel_kills": sum(st["kernel_kills"] for st in storms),
+            "delivered": sum(st["delivered"] for st in storms),
+            "latency_ms": distribution(v for st in storms for v in st["samples_ms"]),
+            "p99_per_storm_ms": [st["latency_ms"]["p99"] for st in storms],
+        }
+        for nice, storms in runs.items()
+    ]
 
 
 def _storm(tracer: TracerRun, zygote: Zygote, nice: int) -> dict[str, Any]:
@@ -104,13 +130,13 @@ def _storm(tracer: TracerRun, zygote: Zygote, nice: int) -> dict[str, Any]:
         if ln.event["task_memcg"] in containers
     ]
     _renice(tracer.process.pid, 0)
+    samples = [ms(ln.read_ns - ln.event["ktime_ns"]) for ln in kills]
     return {
-        "cgroups": STORM_CGROUPS,
-        "tracer_nice": nice,
         "storm_seconds": round(seconds, 2),
         "kernel_kills": kernel,
         "delivered": len(kills),
-        "latency_ms": distribution(ms(ln.read_ns - ln.event["ktime_ns"]) for ln in kills),
+        "latency_ms": distribution(samples),
+        "samples_ms": samples,
     }
 
 
@@ -175,11 +201,7 @@ def run(scale: float = 1.0) -> dict[str, Any]:
                 )
                 _renice(tracer.process.pid, 0)
                 time.sleep(1.5)
-            storms = []
-            for nice in STORM_NICE:
-                say(f"latency: a storm of {STORM_CGROUPS} cgroups OOMing at once, tracer at nice {nice}")
-                storms.append(_storm(tracer, zygotes[0], nice))
-                time.sleep(1.5)
+            storms = _storms(tracer, zygotes[0])
             lost = tracer.lost()
             rss = ProcessUsage.of(tracer.process.pid)
         finally:

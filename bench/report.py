@@ -223,8 +223,8 @@ def _summary_rows(record: dict[str, Any]) -> list[list[str]]:
                     "2",
                     f"delivery in an OOM storm ({storms[0]['cgroups']} cgroups at once), by tracer nice",
                     "; ".join(
-                        f"nice {st['tracer_nice']}: p50 {_d(st['latency_ms'], 'p50')}, "
-                        f"max {_d(st['latency_ms'], 'max')}"
+                        f"nice {st['tracer_nice']} ({_count(st.get('storms', 1), 'storm')}): "
+                        f"p50 {_d(st['latency_ms'], 'p50')}, p99 {_d(st['latency_ms'], 'p99')}"
                         for st in storms
                     ),
                     "kernel counters: " + ", ".join(f"{st['kernel_kills']} kills" for st in storms),
@@ -513,26 +513,35 @@ def _latency(lat: dict[str, Any]) -> list[str]:
     ]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _storms(storms: list[dict[str, Any]]) -> list[str]:
     if not storms:
         return []
     rows = [
         [
             str(st["tracer_nice"]),
+            str(st.get("storms", 1)),
             f"{st['storm_seconds']} s",
             f"{st['kernel_kills']} / {st['delivered']}",
             _d(st["latency_ms"], "p50"),
             _d(st["latency_ms"], "p99"),
             _d(st["latency_ms"], "max"),
+            ", ".join(f"{v:,.0f}" for v in st.get("p99_per_storm_ms", [])) or "—",
         ]
         for st in storms
     ]
+    header = ["tracer nice", "storms", "storm took (median)", "kills: kernel / delivered", "p50", "p99",
+              "max", "p99 of each storm (ms)"]  # fmt: skip
     return [
         "",
         f"OOM storms: {storms[0]['cgroups']} pod cgroups OOMing at once, every allocator runnable and "
-        "reclaiming on both CPUs; the tracer reniced for each (`oomtrace run --nice`).",
+        "reclaiming on both CPUs, the tracer reniced for each (`oomtrace run --nice`); each nice "
+        "value several times, interleaved, its kills pooled.",
         "",
-        *_table(["tracer nice", "storm took", "kills: kernel / delivered", "p50", "p99", "max"], rows),
+        *_table(header, rows),
         "",
         "In a storm the tracer's own work is small (under a millisecond per kill); what delays a line "
         "is waiting for a CPU behind dozens of reclaiming tasks. On a plain host `--nice` (or the "

@@ -207,3 +207,24 @@ def test_sections_merged_from_a_later_run_are_named_in_the_header() -> None:
     merged = [{"benchmarks": ["peers-vm"], "date": "2026-11-27T10:00:00Z", "commit": "def5678"}]
     text = report.markdown(record(two_kernels(), merged=merged))
     assert "Merged in from later runs: peers-vm (2026-11-27T10:00:00Z, commit def5678)." in text
+
+
+def storm(nice: int, p50: float, p99: float, storms: int | None = 4) -> dict[str, Any]:
+    latency = {"n": 200, "min": 0.5, "p50": p50, "p90": p99, "p99": p99, "max": p99 + 1, "mean": p50}
+    row: dict[str, Any] = {"cgroups": 50, "tracer_nice": nice, "storm_seconds": 0.75, "kernel_kills": 200,
+                           "delivered": 200, "latency_ms": latency}  # fmt: skip
+    if storms is not None:
+        row.update(storms=storms, p99_per_storm_ms=[p99 - 2, p99, p99 - 1, p99 - 3])
+    return row
+
+
+def test_storm_rows_give_each_nice_value_its_pooled_kills_and_every_storms_p99() -> None:
+    lines = report._storms([storm(0, 90.0, 300.0), storm(-10, 3.0, 9.0)])
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[1] == "| 0 | 4 | 0.75 s | 200 / 200 | 90.0 ms | 300.0 ms | 301.0 ms | 298, 300, 299, 297 |"
+    assert table[2].startswith("| -10 | 4 |")
+
+
+def test_a_single_storm_row_from_an_older_run_still_renders() -> None:
+    (row,) = [line for line in report._storms([storm(0, 11.8, 124.9, storms=None)]) if line.startswith("| 0")]
+    assert row.startswith("| 0 | 1 | 0.75 s |") and row.endswith("| — |")

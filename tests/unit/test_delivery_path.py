@@ -252,10 +252,10 @@ def test_storm_rows_are_rendered_by_nice_value_in_the_section_and_the_summary() 
 
     record["benchmarks"]["latency"]["storms"] = [storm(0, 147.0), storm(-10, 2.3)]
     text = report.markdown(record)
-    assert "| 0 | 0.7 s | 50 / 50 | 147 ms | 147 ms | 294 ms |" in text.replace(".0 ms", " ms")
-    assert "| -10 | 0.7 s | 50 / 50 | 2.3 ms |" in text
+    assert "| 0 | 1 | 0.7 s | 50 / 50 | 147 ms | 147 ms | 294 ms | — |" in text.replace(".0 ms", " ms")
+    assert "| -10 | 1 | 0.7 s | 50 / 50 | 2.3 ms |" in text
     summary = next(line for line in report.summary_table(record).splitlines() if "OOM storm (50" in line)
-    assert "nice 0: p50 147" in summary and "nice -10: p50 2.3" in summary
+    assert "nice 0 (1 storm): p50 147" in summary and "nice -10 (1 storm): p50 2.3" in summary
     assert "OOM storms" not in report.markdown(_record([_row(100, 4.0, True)]))
 
 

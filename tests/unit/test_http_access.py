@@ -73,7 +73,7 @@ def serving(*flags: str, address: str | None = None) -> Iterator[tuple[Daemon, s
     daemon.source = IdleSource()
     # Daemon.run's SIGTERM handler can only be set from the main thread: this one runs elsewhere.
     with mock.patch("tracer.daemon.signal.signal"):
-        thread = threading.Thread(target=daemon.run, daemon=True)
+        thread = threading.Thread(target=daemon.run, daemon=True, name="daemon-loop")
         thread.start()
         while not daemon.attached and thread.is_alive():
             time.sleep(0.02)
