@@ -310,6 +310,31 @@ def test_tls_serves_https_only_and_picks_up_a_rotated_certificate(tmp_path: Path
     assert '"event": "oom_kill"' in out
 
 
+def test_a_tls_stream_stays_open_while_read_and_is_let_go_when_its_client_hangs_up(tmp_path: Path) -> None:
+    cert, key = make_pair(tmp_path, "tls")
+    with serving("--http-tls-cert", str(cert), "--http-tls-key", str(key)) as (daemon, where):
+        host, _, port = where.rpartition(":")
+        context = ssl.create_default_context(cafile=str(cert))
+        client = context.wrap_socket(socket.create_connection((host, int(port)), 5), server_hostname=host)
+        client.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n\r\n")
+        head = client.recv(4096)
+        assert head.startswith(b"HTTP/1.0 200"), head
+        time.sleep(1.5)  # past the server's hang-up checks: a TLS client that only reads stays
+        assert daemon.registry.get_sample_value("oomtrace_stream_clients") == 1
+        event: dict[str, Any] = schema.blank_event(schema.OOM_KILL)
+        event.update(ktime_ns=time.monotonic_ns(), victim_comm="late", victim_pid=2, victim_tgid=2)
+        daemon.pipeline.publish(event)
+        daemon.pipeline.flush()
+        received = b""
+        while b'"victim_comm": "late"' not in received:
+            received += client.recv(65536)
+        client.close()
+        deadline = time.monotonic() + 10
+        while daemon.registry.get_sample_value("oomtrace_stream_clients") != 0:
+            assert time.monotonic() < deadline, "the server kept a stream whose client hung up"
+            time.sleep(0.1)
+
+
 def http_errors() -> type[Exception]:
     import http.client
 

@@ -49,7 +49,9 @@ _HANGUP_CHECK_S: Final = 1.0
 def _shutdown(conn: socket.socket) -> None:
     """Wake a client thread blocked writing to a client that stopped reading."""
     with contextlib.suppress(OSError):  # already closed
-        conn.shutdown(socket.SHUT_RDWR)
+        # The plain socket's shutdown also for TLS: SSLSocket.shutdown drops its TLS state, under
+        # the feet of the thread writing to it.
+        socket.socket.shutdown(conn, socket.SHUT_RDWR)
 
 
 def _hung_up(conn: socket.socket) -> bool:
