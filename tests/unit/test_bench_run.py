@@ -73,3 +73,30 @@ def test_merging_without_a_latest_record_refuses(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(run.harness, "REPO", tmp_path)
     with pytest.raises(SystemExit, match="--merge needs"):
         run._write(vm_run({"kernels": {}}), merge_into_latest=True)
+
+
+def test_sigterm_unwinds_the_benchmark_so_its_cgroups_are_removed() -> None:
+    import contextlib
+    import os
+    import signal
+
+    unwound: list[str] = []
+
+    @contextlib.contextmanager
+    def pool() -> Any:  # stands in for bench.workload.Pool, whose __exit__ removes the cgroups
+        try:
+            yield
+        finally:
+            unwound.append("removed")
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        run.exit_on_sigterm()
+        with pytest.raises(SystemExit) as stopped, pool():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # Python runs the handler between bytecodes: here, in the block
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert unwound == ["removed"]
