@@ -27,7 +27,7 @@ from unittest import mock
 
 import pytest
 
-from tests.alerting.prometheus import PrometheusServer
+from tests.alerting.prometheus import PrometheusServer, free_port
 from tests.fake_kube import FakeKube, kubeconfig, running
 from tests.unit.test_cli import one_error_line, run_main
 from tracer import schema
@@ -55,12 +55,6 @@ class IdleSource:
     def every_interval(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -8,8 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tracer.cli.watch.client import Endpoint, WatchError
-
-MAX_TOKEN_BYTES = 16384
+from tracer.http.auth import MAX_TOKEN_BYTES  # the most the tracer reads of a token, and so do we
 
 # Called before each connection: a rotated token is picked up at the next reconnect.
 Token = Callable[[], str]
