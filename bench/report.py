@@ -709,9 +709,10 @@ def _peers(peers: dict[str, Any]) -> list[str]:
         "",
         *_table(PEER_HEAD, _peer_rows(peers["scenarios"])),
         "",
-        "In the storm, oomtrace also sends each of the 50 new cgroups' first near_oom before its kill and "
-        "takes a memory snapshot per kill (the kmsg reader can for the 10 reports it has), while 50 "
-        "allocators spin in reclaim on two CPUs: its delivery tail there is the run queue's (section 2).",
+        "In the storm, oomtrace also sends each of the 50 new cgroups' first near_oom (after the kills "
+        "that reach it in the same batch) and takes a memory snapshot per kill (the kmsg reader can "
+        "for the 10 reports it has), while 50 allocators spin in reclaim on two CPUs: its delivery "
+        "tail there is the run queue's (section 2).",
         "",
         f"bcc's oomkill-bpfcc hooks oom_kill_process() with a kprobe; this kernel has none: "
         f"`{peers.get('bcc_oomkill_error')}`. Section 5b runs it on Debian kernels that have kprobes."

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from bench import harness, report
 from bench import pipeline as pipeline_bench
 from tests.unit.conftest import full_kernel_features
+from tracer import decode
 from tracer.decode import Decoder, NearOomStats
 from tracer.kernel.tiers import plan
 from tracer.sinks.metrics import Metrics
@@ -95,6 +96,50 @@ def test_a_kill_drained_amid_the_summaries_is_flushed_before_the_next_summary(tm
     source.use(tracer, Decoder(4096, {}), memcg_known=True)
     source.every_interval()
     assert log == ["consume", "oom_kill", "flush", "near_oom", "consume", "near_oom", "consume", "near_oom"]
+
+
+def _near_oom_record(memcg_id: int, ktime_ns: int) -> bytes:
+    raw = decode.OomtraceEvent(kind=1, tier=3, ktime_ns=ktime_ns, known=decode.KNOWN_MEMCG)
+    raw.memcg_id = memcg_id
+    return bytes(raw)
+
+
+def test_a_batch_s_kills_are_written_out_one_by_one_before_its_near_ooms(tmp_path: Path) -> None:
+    # In a storm one poll hands over each new cgroup's first near_oom (a pod lookup, a VM scan)
+    # mixed with kills; a kill line waiting behind them, or behind the rest of the batch before
+    # one write, was the storm's tail.
+    log: list[str] = []
+    config = BpfConfig(tmp_path, tmp_path, True, tmp_path, near_oom_quiet_s=10, interval_s=1, ringbuf_pages=8)
+    source = BpfSource(
+        config,
+        lambda event: log.append(f"{event['event']}:{event['ktime_ns']}"),
+        Metrics(CollectorRegistry(), kernel="test"),
+        log=None,
+        flush=lambda: log.append("flush"),
+    )
+    tracer = _RecordingTracer(log, cgroups=0)
+    batch = [_near_oom_record(1000, 1), pipeline_bench.record(1000, 4242, 2), _near_oom_record(1001, 3)]
+    batch += [pipeline_bench.record(1001, 4243, 4), _near_oom_record(1002, 5)]
+    arriving_later = [pipeline_bench.record(1002, 4244, 6)]
+
+    def poll(_timeout_ms: int) -> None:
+        for data in batch:
+            source.on_record(data)
+
+    def consume() -> None:  # the next kill arrives while the first near_oom is published
+        log.append("consume")
+        while arriving_later:
+            source.on_record(arriving_later.pop())
+
+    tracer.poll = poll  # type: ignore[method-assign]
+    tracer.consume = consume  # type: ignore[method-assign]
+    source.use(tracer, Decoder(4096, {}), memcg_known=True)
+    source.poll(100)
+    assert log == [
+        "oom_kill:2", "flush", "oom_kill:4", "flush",
+        "near_oom:1", "consume", "oom_kill:6", "flush",
+        "near_oom:3", "consume", "near_oom:5", "consume",
+    ]  # fmt: skip
 
 
 def test_the_stamper_stamps_every_whole_line_once_with_the_monotonic_clock() -> None:

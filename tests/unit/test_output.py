@@ -137,3 +137,28 @@ def test_events_go_to_stdout_by_default(capsys: pytest.CaptureFixture[str]) -> N
     captured = capsys.readouterr()
     assert json.loads(captured.out)["event"] == "near_oom"
     assert captured.err == ""
+
+
+def test_stdout_and_the_event_stream_send_one_rendering_of_each_event() -> None:
+    # A kill with its snapshot takes tens of µs to render, on the way to its line: the daemon
+    # renders it once, and /events sends exactly the text stdout wrote.
+    from unittest import mock
+
+    from tracer.cli.flags import build_parser
+    from tracer.cli.run import build_daemon, run_config
+    from tracer.sinks.stream.query import EventFilter
+
+    args = build_parser().parse_args(["run", "--metrics-address", "127.0.0.1:0"])
+    out = io.StringIO()
+    daemon = build_daemon(run_config(args), args, stdout=out)
+    assert daemon.stream is not None
+    first = daemon.stream.last_id
+    kill = published(schema.OOM_KILL, victim_pid=4242, victim_comm="qemu-kvm")
+    with mock.patch("tracer.sinks.event_json.json.dumps", wraps=json.dumps) as dumps:
+        daemon.pipeline.publish(kill)
+        daemon.pipeline.flush()
+    assert dumps.call_count == 1
+    _, replay, _ = daemon.stream.subscribe(EventFilter(), after_id=first)
+    (line,) = lines(out)
+    assert [entry.json for entry in replay] == [line]
+    assert json.loads(line)["victim_pid"] == 4242

@@ -18,6 +18,7 @@ from tracer.pipeline import Pipeline, Sink, Stage
 from tracer.resolve.cgroups import CgroupResolver
 from tracer.resolve.containerd import ContainerdTasks
 from tracer.resolve.stage import ResolveStage
+from tracer.sinks.event_json import EventJson
 from tracer.sinks.metrics import Metrics
 from tracer.sinks.stdout import StdoutSink
 from tracer.sinks.stream import DEFAULT_CLIENT_QUEUE, DEFAULT_MAX_CLIENTS, DEFAULT_REPLAY, StreamHub
@@ -106,12 +107,14 @@ def build_daemon(
     if attribution:
         enrich, event_sinks = attribution_stages(args, config, Path(resolver.memory_root), registry, log)
         stages += enrich
-    sinks: list[Sink] = [StdoutSink(stdout), metrics]
+    render = EventJson()
+    sinks: list[Sink] = [StdoutSink(stdout, render), metrics]
     # The live stream (GET /events): a sink the HTTP server serves; none without a server.
     stream = None
     if config.metrics_address is not None:
         stream = StreamHub(
-            registry, config.stream_replay, config.stream_max_clients, config.stream_client_queue
+            registry, config.stream_replay, config.stream_max_clients, config.stream_client_queue,
+            render=render,
         )
         sinks.append(stream)
     if loki_config is not None:

@@ -72,6 +72,10 @@ def _read_int(path: str | Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _count(word: str | None) -> int | None:
+    return int(word) if word is not None and word.isdigit() else None
+
+
 def is_v2(memory_root: Path) -> bool:
     return _is_v2(str(memory_root))
 
@@ -129,14 +133,11 @@ def read_stat(memory_root: Path, cgroup: str) -> dict[str, int | None] | None:
     text = _read_text(f"{directory}/memory.stat")
     if text is None:
         return None
-    raw: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value.strip().isdigit():
-            raw[key] = int(value)
+    words = text.split()  # "name value" per line; split() in C, since this is on a kill's path
+    raw = dict(zip(words[::2], words[1::2], strict=False))
     v2 = is_v2(memory_root)
     stat: dict[str, int | None] = {
-        ours: raw.get(v2_name if v2 else v1_name or "") for ours, v2_name, v1_name in _STAT
+        ours: _count(raw.get(v2_name if v2 else v1_name or "")) for ours, v2_name, v1_name in _STAT
     }
     if not v2:
         for ours, filename in _V1_FILES:

@@ -1,15 +1,17 @@
 """The kernel probes as a source: detect what the kernel allows, plan a tier per probe, load the
 programs, and turn what they report into events.
 
-Two ways in: records from the ring buffer (decoded and published as they arrive, through
-`poll`), and once per interval the in-kernel per-cgroup near-OOM counters (summarised) and the
-kernel's loss counters (counted). The loader is a parameter, so a benchmark or test can stand in
-for bcc and the kernel with anything that behaves like `Tracer`.
+Two ways in: records from the ring buffer (decoded and published through `poll`, a batch's OOM
+records first, each written out at once, then its near_oom records), and once per interval the
+in-kernel per-cgroup near-OOM counters (summarised) and the kernel's loss counters (counted).
+The loader is a parameter, so a benchmark or test can stand in for bcc and the kernel with
+anything that behaves like `Tracer`.
 """
 
 import resource
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,9 +96,13 @@ class BpfSource:
     ) -> None:
         self._config = config
         self._publish = publish
-        # Hands on what was published: the daemon does after each poll; here, amid a burst.
+        # Hands on what was published: the daemon does after each poll; here, after each OOM record.
         self._flush = flush or (lambda: None)
         self._records = 0  # records taken from the ring buffer
+        # near_oom records of the batch being polled, published after its OOM records: in a storm
+        # each new cgroup's first near_oom (a pod lookup, a VM scan) would otherwise hold back the
+        # kills behind it, and a kill line is what must come out first.
+        self._later: deque[Event] = deque()
         self._decoder: Decoder | None = None
         self._metrics = metrics
         self._log = log
@@ -182,11 +188,31 @@ class BpfSource:
             self._metrics.lost(schema.DECODE_ERROR, 1)
             self._log.error("undecodable record", error=str(err))
             return
+        if event["event"] == schema.NEAR_OOM:
+            self._later.append(event)
+            return
+        self._publish_guarded(event, flush=True)
+
+    def _publish_guarded(self, event: Event, flush: bool = False) -> None:
+        """Publishes; an OOM record's line is also handed on at once (`flush`): behind a CPU
+        crowded by reclaiming tasks, the next kill of the batch can be milliseconds away."""
+        if self._failures:
+            return
         try:
             self._publish(event)
+            if flush:
+                self._flush()
         except Exception as err:  # bcc would print it and go on dropping every event: stop instead
             self._log.error("cannot publish an event; stopping", error=str(err))
             self._failures.append(err)
+
+    def _publish_later(self) -> None:
+        """The batch's near_oom records, each after any OOM record that arrived meanwhile."""
+        assert self._tracer is not None
+        while self._later and not self._failures:
+            self._publish_guarded(self._later.popleft())
+            self._tracer.consume()
+        self._later.clear()  # after a failure: poll raises it, and the daemon stops
 
     def use(self, tracer: Tracer, decoder: Decoder, memcg_known: bool) -> None:
         """Takes over loaded programs: open() calls it after loading; tests hand in stand-ins."""
@@ -202,6 +228,7 @@ class BpfSource:
     def poll(self, timeout_ms: int) -> None:
         assert self._tracer is not None, "open() first"
         self._tracer.poll(timeout_ms)
+        self._publish_later()
         if self._failures:
             raise self._failures[0]
 
@@ -216,15 +243,9 @@ class BpfSource:
         # A summary per cgroup that reclaimed: with hundreds of them this burst takes
         # milliseconds, and a kill that arrives meanwhile must not wait behind it.
         for event in events:
-            before = self._records
-            tracer.consume()
-            if self._records != before:
-                try:
-                    self._flush()  # the kill goes out now, not after the rest of the burst
-                except Exception as err:
-                    self._log.error("cannot publish an event; stopping", error=str(err))
-                    raise
+            tracer.consume()  # a kill waiting meanwhile goes out now, not after the burst
             self._publish(event)
+        self._publish_later()
         if stale:
             tracer.forget_near_oom(stale)
         for reason, total in tracer.lost().items():

@@ -11,7 +11,6 @@ this run's, and a client resuming with one of them is recognised and replayed ev
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from tracer.sinks.event_json import EventJson
 from tracer.sinks.stream.query import EventFilter, QueryError, parse_time
 from tracer.sinks.stream.wire import Entry, Gap
 
@@ -116,6 +116,7 @@ class StreamHub:
         client_queue: int = DEFAULT_CLIENT_QUEUE,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         first_id: int | None = None,
+        render: EventJson | None = None,
     ) -> None:
         if replay < 0 or max_clients < 1 or client_queue < 1 or not heartbeat_s > 0:
             raise ValueError("replay must be >= 0, max_clients and client_queue >= 1, heartbeat_s > 0")
@@ -123,6 +124,7 @@ class StreamHub:
         self.max_clients = max_clients
         self.client_queue = client_queue
         self.heartbeat_s = heartbeat_s
+        self._render = render or EventJson()  # shared with stdout: one rendering per event
         self.first_id = first_id if first_id is not None else time.time_ns() // 1000
         self._next_id = self.first_id
         self._ring: deque[Entry] = deque(maxlen=replay)
@@ -162,7 +164,7 @@ class StreamHub:
         kind = event.get("event")
         if not isinstance(kind, str):
             raise ValueError(f"not an event: {kind!r}")
-        text = json.dumps(event, default=str)
+        text = self._render(event)
         ts_s = _ts(event.get("ts"))
         with self._lock:
             if self._closed:
