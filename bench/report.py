@@ -64,6 +64,17 @@ def _verdict_at_most(ci: list[float] | None, limit: float) -> str:
     return "inconclusive (noise)"
 
 
+def _vm_ready_rss(record: dict[str, Any]) -> list[tuple[str, int]]:
+    """oomtrace's RSS at ready in each VM-lab kernel (its first start there: the BPF source)."""
+    vm = _bench(record, "peers-vm") or {}
+    found = []
+    for series, peer in vm.get("kernels", {}).items():
+        starts = peer.get("startups") or []
+        if starts and isinstance(starts[0].get("rss_bytes"), int):
+            found.append((peer.get("release") or series, starts[0]["rss_bytes"]))
+    return found
+
+
 def _bench(record: dict[str, Any], name: str) -> dict[str, Any] | None:
     data = record.get("benchmarks", {}).get(name)
     return None if not data or "error" in data else data
@@ -276,15 +287,24 @@ def _summary_rows(record: dict[str, Any]) -> list[list[str]]:
     starts = record.get("startups") or []
     if starts:
         secs = sorted(s["seconds"] for s in starts)
+        rss = sorted(s["rss_bytes"] for s in starts)[len(starts) // 2]
+        in_vms = _vm_ready_rss(record)
+        vm_text = "; ".join(f"{release}: {_mib(b)}" for release, b in in_vms)
         rows.append(
             [
                 "4",
                 "start-up to ready (exec → probes attached), RSS at ready",
                 f"p50 {secs[len(secs) // 2]:.2f} s, max {secs[-1]:.2f} s over {len(secs)} starts; "
-                f"RSS {_mib(sorted(s['rss_bytes'] for s in starts)[len(starts) // 2])}",
+                f"RSS {_mib(rss)}"
+                + (f"; RSS at ready on fentry kernels (VM lab): {vm_text}" if vm_text else ""),
                 "—",
-                "—",
-                "",
+                "≤ 1.5 s median; RSS ≤ 120 MiB here, ≤ 140 MiB on fentry kernels (issue 11)",
+                _ok(
+                    secs[len(secs) // 2] <= 1.5
+                    and rss <= 120 * 2**20
+                    and all(b <= 140 * 2**20 for _, b in in_vms)
+                )
+                + ("" if in_vms else " here (no VM-lab figure in this run)"),
             ]
         )
     peers = _bench(record, "peers")
@@ -709,10 +729,9 @@ def _peers(peers: dict[str, Any]) -> list[str]:
         "",
         *_table(PEER_HEAD, _peer_rows(peers["scenarios"])),
         "",
-        "In the storm, oomtrace also sends each of the 50 new cgroups' first near_oom (after the kills "
-        "that reach it in the same batch) and takes a memory snapshot per kill (the kmsg reader can "
-        "for the 10 reports it has), while 50 allocators spin in reclaim on two CPUs: its delivery "
-        "tail there is the run queue's (section 2).",
+        "In the storm, oomtrace also sends each of the 50 new cgroups' first near_oom before its kill and "
+        "takes a memory snapshot per kill (the kmsg reader can for the 10 reports it has), while 50 "
+        "allocators spin in reclaim on two CPUs: its delivery tail there is the run queue's (section 2).",
         "",
         f"bcc's oomkill-bpfcc hooks oom_kill_process() with a kprobe; this kernel has none: "
         f"`{peers.get('bcc_oomkill_error')}`. Section 5b runs it on Debian kernels that have kprobes."
@@ -794,8 +813,10 @@ def _peers_vm(vm: dict[str, Any]) -> list[str]:
         rows += [[release, *row] for row in _peer_rows(peer["scenarios"])]
         tiers = ", ".join(f"{probe} {tier}" for probe, tier in peer.get("oomtrace_tiers", {}).items())
         boot = peer.get("boot", {})
-        starts = [s["seconds"] for s in peer.get("startups", [])]  # oomtrace BPF, then --source kmsg
-        ready = f"oomtrace {starts[0]} s, " if starts else ""
+        starts = peer.get("startups", [])  # oomtrace BPF, then --source kmsg
+        first_rss = starts[0].get("rss_bytes") if starts else None
+        rss = f" (RSS at ready {_mib(first_rss)})" if first_rss else ""
+        ready = f"oomtrace {starts[0]['seconds']} s{rss}, " if starts else ""
         notes.append(
             f"- **{release}** (Debian {boot.get('version', '?')}, cgroup {peer.get('layout')}, boot and run "
             f"{boot.get('seconds', '?')} s): oomtrace's probes {tiers or '?'}; exec to attached "

@@ -228,3 +228,26 @@ def test_storm_rows_give_each_nice_value_its_pooled_kills_and_every_storms_p99()
 def test_a_single_storm_row_from_an_older_run_still_renders() -> None:
     (row,) = [line for line in report._storms([storm(0, 11.8, 124.9, storms=None)]) if line.startswith("| 0")]
     assert row.startswith("| 0 | 1 | 0.75 s |") and row.endswith("| — |")
+
+
+def _startup_row(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("| 4 | start-up"))
+
+
+def test_the_start_up_row_judges_rss_here_and_on_each_fentry_kernel_of_the_vm_lab() -> None:
+    vms = two_kernels()
+    vms["kernels"]["6.1"]["startups"] = [{"seconds": 24.0, "rss_bytes": 118 * MIB}]
+    vms["kernels"]["6.12"]["startups"] = [{"seconds": 25.0, "rss_bytes": 150 * MIB}]
+    here = [{"seconds": 1.2, "rss_bytes": 66 * MIB}, {"seconds": 1.4, "rss_bytes": 65 * MIB}]
+    row = _startup_row(report.summary_table(record(vms, startups=here)))
+    vm_lab = "RSS at ready on fentry kernels (VM lab): 6.1.0-55-amd64: 118 MiB; 6.12.117+deb13-amd64: 150 MiB"
+    assert vm_lab in row
+    assert row.endswith("| **missed** |")  # 150 MiB > 140 MiB on one kernel
+    vms["kernels"]["6.12"]["startups"] = [{"seconds": 25.0, "rss_bytes": 130 * MIB}]
+    assert _startup_row(report.summary_table(record(vms, startups=here))).endswith("| met |")
+    assert "(RSS at ready 118 MiB)" in report.markdown(record(vms, startups=here))
+
+
+def test_without_vm_lab_figures_the_start_up_row_is_judged_only_here() -> None:
+    row = _startup_row(report.summary_table(record(startups=[{"seconds": 1.6, "rss_bytes": 66 * MIB}])))
+    assert row.endswith("| **missed** here (no VM-lab figure in this run) |")  # 1.6 s > 1.5 s

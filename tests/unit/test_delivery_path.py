@@ -19,6 +19,7 @@ from tests.unit.conftest import full_kernel_features
 from tracer import decode
 from tracer.decode import Decoder, NearOomStats
 from tracer.kernel.tiers import plan
+from tracer.resolve.lineage import Lineage
 from tracer.sinks.metrics import Metrics
 from tracer.sources.bpf import BpfConfig, BpfSource
 
@@ -104,10 +105,10 @@ def _near_oom_record(memcg_id: int, ktime_ns: int) -> bytes:
     return bytes(raw)
 
 
-def test_a_batch_s_kills_are_written_out_one_by_one_before_its_near_ooms(tmp_path: Path) -> None:
-    # In a storm one poll hands over each new cgroup's first near_oom (a pod lookup, a VM scan)
-    # mixed with kills; a kill line waiting behind them, or behind the rest of the batch before
-    # one write, was the storm's tail.
+def test_each_kill_of_a_batch_is_written_out_at_once_in_the_kernel_s_order(tmp_path: Path) -> None:
+    # In a storm one poll hands over kills and each new cgroup's first near_oom together; a kill
+    # line held until the whole batch was processed, for one write, was the storm's tail. The
+    # lines stay in the kernel's order (the VM matrix checks near_oom, memcg_oom, oom_kill).
     log: list[str] = []
     config = BpfConfig(tmp_path, tmp_path, True, tmp_path, near_oom_quiet_s=10, interval_s=1, ringbuf_pages=8)
     source = BpfSource(
@@ -120,13 +121,55 @@ def test_a_batch_s_kills_are_written_out_one_by_one_before_its_near_ooms(tmp_pat
     tracer = _RecordingTracer(log, cgroups=0)
     batch = [_near_oom_record(1000, 1), pipeline_bench.record(1000, 4242, 2), _near_oom_record(1001, 3)]
     batch += [pipeline_bench.record(1001, 4243, 4), _near_oom_record(1002, 5)]
-    arriving_later = [pipeline_bench.record(1002, 4244, 6)]
 
     def poll(_timeout_ms: int) -> None:
         for data in batch:
             source.on_record(data)
 
-    def consume() -> None:  # the next kill arrives while the first near_oom is published
+    tracer.poll = poll  # type: ignore[method-assign]
+    source.use(tracer, Decoder(4096, {}), memcg_known=True)
+    source.poll(100)
+    assert log == ["near_oom:1", "oom_kill:2", "flush", "near_oom:3", "oom_kill:4", "flush", "near_oom:5"]
+
+
+# Storm-shaped paths: ids 1000+ are containers of their own pods; 2000 and 2001 are two
+# containers of one pod; 3000 is that pod, where its limit is.
+_PATHS = {
+    **{1000 + n: f"/kubepods/burstable/pod{n}/ctr{n}" for n in range(10)},
+    2000: "/kubepods/burstable/podvm/ctr-a",
+    2001: "/kubepods/burstable/podvm/ctr-b",
+    3000: "/kubepods/burstable/podvm",
+}
+
+
+def test_a_kill_overtakes_only_the_near_ooms_of_cgroups_it_cannot_be_part_of(tmp_path: Path) -> None:
+    log: list[str] = []
+    config = BpfConfig(tmp_path, tmp_path, True, tmp_path, near_oom_quiet_s=10, interval_s=1, ringbuf_pages=8)
+    lineage = Lineage(_PATHS.get)
+    source = BpfSource(
+        config,
+        lambda event: log.append(f"{event['event']}:{event['ktime_ns']}"),
+        Metrics(CollectorRegistry(), kernel="test"),
+        log=None,
+        flush=lambda: log.append("flush"),
+        may_overtake=lineage.may_overtake,
+    )
+    tracer = _RecordingTracer(log, cgroups=0)
+    batch = [
+        _near_oom_record(1001, 1),  # another pod: overtaken
+        _near_oom_record(3000, 2),  # the kill's pod, at its limit: stays before it
+        _near_oom_record(2001, 3),  # the other container of the kill's pod: stays before it
+        _near_oom_record(9999, 4),  # a cgroup whose path is unknown: stays before it
+        _near_oom_record(1002, 5),  # another pod: overtaken
+        pipeline_bench.record(2000, 4242, 6),
+    ]
+    arriving_later = [pipeline_bench.record(1002, 4243, 7)]  # while the first waiting near_oom goes out
+
+    def poll(_timeout_ms: int) -> None:
+        for data in batch:
+            source.on_record(data)
+
+    def consume() -> None:
         log.append("consume")
         while arriving_later:
             source.on_record(arriving_later.pop())
@@ -136,10 +179,37 @@ def test_a_batch_s_kills_are_written_out_one_by_one_before_its_near_ooms(tmp_pat
     source.use(tracer, Decoder(4096, {}), memcg_known=True)
     source.poll(100)
     assert log == [
-        "oom_kill:2", "flush", "oom_kill:4", "flush",
-        "near_oom:1", "consume", "oom_kill:6", "flush",
-        "near_oom:3", "consume", "near_oom:5", "consume",
+        "near_oom:2", "near_oom:3", "near_oom:4", "oom_kill:6", "flush",
+        "near_oom:1", "consume",
+        "near_oom:5", "oom_kill:7", "flush",  # its own cgroup's near_oom goes first
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("near", "oom", "overtakes"),
+    [
+        (1001, 1002, True),  # two pods
+        (1001, 1001, False),  # one cgroup
+        (3000, 2000, False),  # the pod above the container
+        (2000, 3000, False),  # the container below the pod
+        (2001, 2000, False),  # two containers of one pod
+        (9999, 1001, False),  # unknown path
+        (1001, 9999, False),
+    ],
+)
+def test_lineage_keeps_one_pod_s_lines_in_the_kernel_s_order(near: int, oom: int, overtakes: bool) -> None:
+    lineage = Lineage(_PATHS.get)
+    kill = {"event": "oom_kill", "task_memcg_id": oom, "oom_memcg_id": None, "trigger_memcg_id": oom}
+    assert lineage.may_overtake(kill, {"event": "near_oom", "memcg_id": near}) is overtakes
+
+
+def test_nothing_overtakes_a_near_oom_of_a_cgroup_under_the_root_s_direct_children() -> None:
+    # /system.slice/a and /system.slice/b share a parent: a plain host's services stay in order;
+    # a cgroup right below the root has "/" as its parent, which holds everything.
+    paths = {1: "/system.slice/a.service", 2: "/system.slice/b.service", 3: "/test", 4: "/other"}
+    lineage = Lineage(paths.get)
+    assert not lineage.may_overtake({"task_memcg_id": 2}, {"memcg_id": 1})
+    assert not lineage.may_overtake({"task_memcg_id": 4}, {"memcg_id": 3})
 
 
 def test_the_stamper_stamps_every_whole_line_once_with_the_monotonic_clock() -> None:

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -496,3 +497,31 @@ def test_a_broken_event_is_reported_and_still_goes_out(node: FakeNode) -> None:
     event = {"event": "oom_kill", "pod_uid": UID, "cgroup": 12345}
     assert stage(event) is event
     assert len(errors) == 1 and "vm attribution failed" in errors[0]
+
+
+def test_the_background_scan_waits_while_events_arrive_but_not_for_ever(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In an OOM storm its reads trade the GIL with the event thread, each trade a wait for a CPU.
+    from tracer.enrich.vm import locator as locator_module
+
+    monkeypatch.setattr(locator_module, "MAX_SCAN_DEFERRAL_S", 0.6)
+    locator = VmLocator(node.memory_root, node.proc, scan_interval_s=0.05)
+    scans: list[float] = []
+    real_scan = locator.scan
+    monkeypatch.setattr(locator, "scan", lambda: (scans.append(time.monotonic()), real_scan())[1])
+    locator.start()
+    try:
+        busy_until = time.monotonic() + 1.5
+        while time.monotonic() < busy_until:  # events every 10 ms for 1.5 s
+            locator.note_event()
+            time.sleep(0.01)
+        during = len(scans)
+        time.sleep(0.5)  # quiet: scans every 50 ms again
+        after = len(scans) - during
+    finally:
+        locator.close()
+    # the first scan at start, then one per deferral limit (0.6 s) while busy; unthrottled
+    # it would have been about 30 scans
+    assert 2 <= during <= 4, scans
+    assert after >= 3  # about 10

@@ -17,6 +17,7 @@ from tracer.http.auth import Authorizer
 from tracer.pipeline import Pipeline, Sink, Stage
 from tracer.resolve.cgroups import CgroupResolver
 from tracer.resolve.containerd import ContainerdTasks
+from tracer.resolve.lineage import Lineage
 from tracer.resolve.stage import ResolveStage
 from tracer.sinks.event_json import EventJson
 from tracer.sinks.metrics import Metrics
@@ -138,7 +139,10 @@ def build_daemon(
             interval_s=config.interval_s,
             ringbuf_pages=config.ringbuf_pages,
         )
-        source = BpfSource(bpf, pipeline.publish, metrics, log, load, flush=pipeline.flush)
+        lineage = Lineage(resolver.path)
+        source = BpfSource(
+            bpf, pipeline.publish, metrics, log, load, flush=pipeline.flush, may_overtake=lineage.may_overtake
+        )
     authorizer, tls = http_access(args, config, registry) if config.metrics_address else (None, None)
     return Daemon(config, source, pipeline, registry, clock, log, stream, authorizer, tls)
 

@@ -12,6 +12,7 @@ Layouts (detected from files under the given root, so tests can use plain direct
 """
 
 import ctypes
+import functools
 import os
 import struct
 import time
@@ -34,6 +35,13 @@ _FILEID_KERNFS: Final = 0xFE
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+@functools.lru_cache(maxsize=8)
+def _real_path(root: str) -> str:
+    """A mounted hierarchy's root resolves to the same path while it is mounted; resolving it
+    costs a stat per component, half of a new cgroup's lookup."""
+    return os.path.realpath(root)
+
+
 def path_by_handle(root: str, cgroup_id: int) -> str | None:
     """Path of cgroup `cgroup_id` below the hierarchy mounted at `root`, or None."""
     if not 0 < cgroup_id < 2**64:
@@ -53,7 +61,7 @@ def path_by_handle(root: str, cgroup_id: int) -> str | None:
             os.close(fd)
     finally:
         os.close(mount_fd)
-    base = os.path.realpath(root)
+    base = _real_path(root)
     if target == base:
         return "/"
     if not target.startswith(base + "/"):

@@ -1,9 +1,10 @@
 """The kernel probes as a source: detect what the kernel allows, plan a tier per probe, load the
 programs, and turn what they report into events.
 
-Two ways in: records from the ring buffer (decoded and published through `poll`, a batch's OOM
-records first, each written out at once, then its near_oom records), and once per interval the
-in-kernel per-cgroup near-OOM counters (summarised) and the kernel's loss counters (counted).
+Two ways in: records from the ring buffer (decoded and published through `poll`: an OOM
+record's line is written out at once, ahead of that poll's near_oom records of unrelated
+cgroups, tracer.resolve.lineage), and once per interval the in-kernel per-cgroup near-OOM
+counters (summarised) and the kernel's loss counters (counted).
 The loader is a parameter, so a benchmark or test can stand in for bcc and the kernel with
 anything that behaves like `Tracer`.
 """
@@ -93,16 +94,17 @@ class BpfSource:
         log: Any,
         load: Load = load_with_bcc,
         flush: Callable[[], None] | None = None,
+        may_overtake: Callable[[Event, Event], bool] | None = None,
     ) -> None:
         self._config = config
         self._publish = publish
         # Hands on what was published: the daemon does after each poll; here, after each OOM record.
         self._flush = flush or (lambda: None)
         self._records = 0  # records taken from the ring buffer
-        # near_oom records of the batch being polled, published after its OOM records: in a storm
-        # each new cgroup's first near_oom (a pod lookup, a VM scan) would otherwise hold back the
-        # kills behind it, and a kill line is what must come out first.
-        self._later: deque[Event] = deque()
+        # Whether an OOM record may be published before a near_oom record that came first
+        # (tracer.resolve.lineage); None: never, every line in the kernel's order.
+        self._may_overtake = may_overtake
+        self._later: deque[Event] = deque()  # this poll's near_oom records, not yet published
         self._decoder: Decoder | None = None
         self._metrics = metrics
         self._log = log
@@ -188,26 +190,39 @@ class BpfSource:
             self._metrics.lost(schema.DECODE_ERROR, 1)
             self._log.error("undecodable record", error=str(err))
             return
-        if event["event"] == schema.NEAR_OOM:
-            self._later.append(event)
+        if event["event"] == schema.NEAR_OOM and self._may_overtake is not None:
+            self._later.append(event)  # published after this poll's OOM records that may overtake it
             return
-        self._publish_guarded(event, flush=True)
+        if event["event"] != schema.NEAR_OOM and self._later:
+            self._publish_before(event)
+        self._publish_guarded(event)
 
-    def _publish_guarded(self, event: Event, flush: bool = False) -> None:
-        """Publishes; an OOM record's line is also handed on at once (`flush`): behind a CPU
-        crowded by reclaiming tasks, the next kill of the batch can be milliseconds away."""
+    def _publish_guarded(self, event: Event) -> None:
         if self._failures:
             return
         try:
             self._publish(event)
-            if flush:
+            # An OOM record's line leaves now, not with the rest of its batch: behind a CPU crowded
+            # by reclaiming tasks the next record's turn can be milliseconds away. near_oom lines
+            # leave once per poll.
+            if event["event"] != schema.NEAR_OOM:
                 self._flush()
         except Exception as err:  # bcc would print it and go on dropping every event: stop instead
             self._log.error("cannot publish an event; stopping", error=str(err))
             self._failures.append(err)
 
+    def _publish_before(self, oom: Event) -> None:
+        """The waiting near_oom records that `oom` may not overtake, in their order."""
+        assert self._may_overtake is not None
+        waiting, self._later = self._later, deque()
+        for near_oom in waiting:
+            if self._failures or self._may_overtake(oom, near_oom):
+                self._later.append(near_oom)
+            else:
+                self._publish_guarded(near_oom)
+
     def _publish_later(self) -> None:
-        """The batch's near_oom records, each after any OOM record that arrived meanwhile."""
+        """This poll's remaining near_oom records, each after any OOM record that arrived meanwhile."""
         assert self._tracer is not None
         while self._later and not self._failures:
             self._publish_guarded(self._later.popleft())

@@ -49,6 +49,7 @@ class VmStage:
         self._locator.close()
 
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
+        self._locator.note_event()
         try:
             self._attribute(event)
         except Exception as err:  # attribution must never stop the event
