@@ -12,8 +12,8 @@ class StdoutSink:
     """One JSON object per line. write() renders into a buffer and flush() writes the buffer at
     once. The BPF source flushes after each OOM record: in a storm the tracer gets the CPU in
     slices milliseconds apart, and a kill line held for the rest of its batch waits for them
-    (50-cgroup storms at nice 0, pooled p99 297 → 125 ms, docs/deploy.md). near_oom lines and
-    summaries leave once per poll, in one write(2)."""
+    (50-cgroup storms at nice 0, interleaved A/B: p99 318 → 144 ms, docs/deploy.md). near_oom
+    lines and summaries leave once per poll, in one write(2)."""
 
     def __init__(self, stream: TextIO | None = None, render: EventJson | None = None) -> None:
         self._stream = stream or sys.stdout
