@@ -2,11 +2,12 @@
 
 In a storm one poll hands over dozens of new cgroups' first near_oom records (each a first pod
 lookup and VM scan) together with kills. A kill published behind all of them waits for that
-work (50-cgroup storms: p50 64-76 ms against 24-29 ms when kills go first). Lines of one
-cgroup's story stay in the kernel's order: near_oom, memcg_oom, oom_kill. So a kill overtakes
-only near_oom records of cgroups it cannot be part of: neither cgroup's parent is the other or
-above it, so they are not one cgroup, one subtree, or siblings (two containers of one pod). An
-id whose path is unknown overtakes nothing.
+work (50-cgroup storms, single runs, not an interleaved A/B: kill lines p50 64-76 ms in kernel
+order against 24-29 ms with kills first). Lines of one cgroup's story stay in the kernel's
+order: near_oom, memcg_oom, oom_kill. So a kill overtakes only near_oom records of cgroups it
+cannot be part of: neither cgroup's parent is the other or above it, so they are not one cgroup,
+one subtree, or siblings (two containers of one pod). An id whose path is unknown overtakes
+nothing.
 """
 
 from collections.abc import Callable
