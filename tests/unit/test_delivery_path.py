@@ -105,11 +105,11 @@ def _near_oom_record(memcg_id: int, ktime_ns: int) -> bytes:
     return bytes(raw)
 
 
-def test_each_kill_of_a_batch_is_written_out_at_once_in_the_kernel_s_order(tmp_path: Path) -> None:
-    # In a storm one poll hands over kills and each new cgroup's first near_oom together; a kill
-    # line held until the whole batch was processed, for one write, was the storm's tail. The
-    # lines stay in the kernel's order (the VM matrix checks near_oom, memcg_oom, oom_kill).
-    log: list[str] = []
+def _polling(
+    tmp_path: Path, log: list[str], batch: list[bytes], later: list[bytes], lineage: Lineage | None = None
+) -> BpfSource:
+    """A source whose one poll hands over `batch`; its first consume() after that, `later`. Logs
+    each published event as kind:ktime_ns, each flush and each consume."""
     config = BpfConfig(tmp_path, tmp_path, True, tmp_path, near_oom_quiet_s=10, interval_s=1, ringbuf_pages=8)
     source = BpfSource(
         config,
@@ -117,18 +117,33 @@ def test_each_kill_of_a_batch_is_written_out_at_once_in_the_kernel_s_order(tmp_p
         Metrics(CollectorRegistry(), kernel="test"),
         log=None,
         flush=lambda: log.append("flush"),
+        overtakes=lineage.overtakes if lineage is not None else None,
     )
     tracer = _RecordingTracer(log, cgroups=0)
-    batch = [_near_oom_record(1000, 1), pipeline_bench.record(1000, 4242, 2), _near_oom_record(1001, 3)]
-    batch += [pipeline_bench.record(1001, 4243, 4), _near_oom_record(1002, 5)]
 
     def poll(_timeout_ms: int) -> None:
         for data in batch:
             source.on_record(data)
 
+    def consume() -> None:
+        log.append("consume")
+        while later:
+            source.on_record(later.pop(0))
+
     tracer.poll = poll  # type: ignore[method-assign]
+    tracer.consume = consume  # type: ignore[method-assign]
     source.use(tracer, Decoder(4096, {}), memcg_known=True)
-    source.poll(100)
+    return source
+
+
+def test_each_kill_of_a_batch_is_written_out_at_once_in_the_kernel_s_order(tmp_path: Path) -> None:
+    # In a storm one poll hands over kills and each new cgroup's first near_oom together; a kill
+    # line held until the whole batch was processed, for one write, was the storm's tail. The
+    # lines stay in the kernel's order (the VM matrix checks near_oom, memcg_oom, oom_kill).
+    log: list[str] = []
+    batch = [_near_oom_record(1000, 1), pipeline_bench.record(1000, 4242, 2), _near_oom_record(1001, 3)]
+    batch += [pipeline_bench.record(1001, 4243, 4), _near_oom_record(1002, 5)]
+    _polling(tmp_path, log, batch, later=[]).poll(100)
     assert log == ["near_oom:1", "oom_kill:2", "flush", "near_oom:3", "oom_kill:4", "flush", "near_oom:5"]
 
 
@@ -144,17 +159,6 @@ _PATHS = {
 
 def test_a_kill_overtakes_only_the_near_ooms_of_cgroups_it_cannot_be_part_of(tmp_path: Path) -> None:
     log: list[str] = []
-    config = BpfConfig(tmp_path, tmp_path, True, tmp_path, near_oom_quiet_s=10, interval_s=1, ringbuf_pages=8)
-    lineage = Lineage(_PATHS.get)
-    source = BpfSource(
-        config,
-        lambda event: log.append(f"{event['event']}:{event['ktime_ns']}"),
-        Metrics(CollectorRegistry(), kernel="test"),
-        log=None,
-        flush=lambda: log.append("flush"),
-        may_overtake=lineage.may_overtake,
-    )
-    tracer = _RecordingTracer(log, cgroups=0)
     batch = [
         _near_oom_record(1001, 1),  # another pod: overtaken
         _near_oom_record(3000, 2),  # the kill's pod, at its limit: stays before it
@@ -164,20 +168,7 @@ def test_a_kill_overtakes_only_the_near_ooms_of_cgroups_it_cannot_be_part_of(tmp
         pipeline_bench.record(2000, 4242, 6),
     ]
     arriving_later = [pipeline_bench.record(1002, 4243, 7)]  # while the first waiting near_oom goes out
-
-    def poll(_timeout_ms: int) -> None:
-        for data in batch:
-            source.on_record(data)
-
-    def consume() -> None:
-        log.append("consume")
-        while arriving_later:
-            source.on_record(arriving_later.pop())
-
-    tracer.poll = poll  # type: ignore[method-assign]
-    tracer.consume = consume  # type: ignore[method-assign]
-    source.use(tracer, Decoder(4096, {}), memcg_known=True)
-    source.poll(100)
+    _polling(tmp_path, log, batch, arriving_later, Lineage(_PATHS.get)).poll(100)
     assert log == [
         "near_oom:2", "near_oom:3", "near_oom:4", "oom_kill:6", "flush",
         "near_oom:1", "consume",
@@ -198,9 +189,8 @@ def test_a_kill_overtakes_only_the_near_ooms_of_cgroups_it_cannot_be_part_of(tmp
     ],
 )
 def test_lineage_keeps_one_pod_s_lines_in_the_kernel_s_order(near: int, oom: int, overtakes: bool) -> None:
-    lineage = Lineage(_PATHS.get)
     kill = {"event": "oom_kill", "task_memcg_id": oom, "oom_memcg_id": None, "trigger_memcg_id": oom}
-    assert lineage.may_overtake(kill, {"event": "near_oom", "memcg_id": near}) is overtakes
+    assert Lineage(_PATHS.get).overtakes(kill)({"event": "near_oom", "memcg_id": near}) is overtakes
 
 
 def test_nothing_overtakes_a_near_oom_of_a_cgroup_under_the_root_s_direct_children() -> None:
@@ -208,8 +198,8 @@ def test_nothing_overtakes_a_near_oom_of_a_cgroup_under_the_root_s_direct_childr
     # a cgroup right below the root has "/" as its parent, which holds everything.
     paths = {1: "/system.slice/a.service", 2: "/system.slice/b.service", 3: "/test", 4: "/other"}
     lineage = Lineage(paths.get)
-    assert not lineage.may_overtake({"task_memcg_id": 2}, {"memcg_id": 1})
-    assert not lineage.may_overtake({"task_memcg_id": 4}, {"memcg_id": 3})
+    assert not lineage.overtakes({"task_memcg_id": 2})({"memcg_id": 1})
+    assert not lineage.overtakes({"task_memcg_id": 4})({"memcg_id": 3})
 
 
 def test_the_stamper_stamps_every_whole_line_once_with_the_monotonic_clock() -> None:

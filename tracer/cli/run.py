@@ -141,7 +141,7 @@ def build_daemon(
         )
         lineage = Lineage(resolver.path)
         source = BpfSource(
-            bpf, pipeline.publish, metrics, log, load, flush=pipeline.flush, may_overtake=lineage.may_overtake
+            bpf, pipeline.publish, metrics, log, load, flush=pipeline.flush, overtakes=lineage.overtakes
         )
     authorizer, tls = http_access(args, config, registry) if config.metrics_address else (None, None)
     return Daemon(config, source, pipeline, registry, clock, log, stream, authorizer, tls)

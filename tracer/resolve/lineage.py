@@ -26,8 +26,8 @@ def _within(path: str, top: str) -> bool:
 
 
 class Lineage:
-    """`may_overtake(oom, near_oom)`, from the resolver's id → path lookup (the ResolveStage's
-    own, so a path looked up here is cached for the stage)."""
+    """`overtakes(oom)`: which near_oom records that OOM record may overtake, from the resolver's
+    id → path lookup (the ResolveStage's own, so a path looked up here is cached for the stage)."""
 
     def __init__(self, path: Callable[[int], str | None]) -> None:
         self._path = path
@@ -39,8 +39,14 @@ class Lineage:
             return None
         return [p for p in paths if p is not None]
 
-    def may_overtake(self, oom: dict[str, Any], near_oom: dict[str, Any]) -> bool:
-        near, ours = self._paths(near_oom, _NEAR_OOM_IDS), self._paths(oom, _OOM_IDS)
-        if near is None or ours is None:
-            return False
-        return not any(_within(o, _parent(n)) or _within(n, _parent(o)) for n in near for o in ours)
+    def overtakes(self, oom: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+        """A test for the near_oom records waiting when `oom` arrives; its paths are looked up once."""
+        ours = self._paths(oom, _OOM_IDS)
+
+        def test(near_oom: dict[str, Any]) -> bool:
+            near = self._paths(near_oom, _NEAR_OOM_IDS)
+            if near is None or ours is None:
+                return False
+            return not any(_within(o, _parent(n)) or _within(n, _parent(o)) for n in near for o in ours)
+
+        return test

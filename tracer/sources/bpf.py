@@ -94,16 +94,15 @@ class BpfSource:
         log: Any,
         load: Load = load_with_bcc,
         flush: Callable[[], None] | None = None,
-        may_overtake: Callable[[Event, Event], bool] | None = None,
+        overtakes: Callable[[Event], Callable[[Event], bool]] | None = None,
     ) -> None:
         self._config = config
         self._publish = publish
         # Hands on what was published: the daemon does after each poll; here, after each OOM record.
         self._flush = flush or (lambda: None)
-        self._records = 0  # records taken from the ring buffer
-        # Whether an OOM record may be published before a near_oom record that came first
-        # (tracer.resolve.lineage); None: never, every line in the kernel's order.
-        self._may_overtake = may_overtake
+        # For an OOM record, which near_oom records that came first it may be published before
+        # (tracer.resolve.lineage.Lineage.overtakes); None: none, every line in the kernel's order.
+        self._overtakes = overtakes
         self._later: deque[Event] = deque()  # this poll's near_oom records, not yet published
         self._decoder: Decoder | None = None
         self._metrics = metrics
@@ -181,7 +180,6 @@ class BpfSource:
 
     def on_record(self, data: bytes) -> None:
         """One raw ring-buffer record (bcc calls it from poll and consume)."""
-        self._records += 1
         if self._failures or self._decoder is None:
             return
         try:
@@ -190,7 +188,7 @@ class BpfSource:
             self._metrics.lost(schema.DECODE_ERROR, 1)
             self._log.error("undecodable record", error=str(err))
             return
-        if event["event"] == schema.NEAR_OOM and self._may_overtake is not None:
+        if event["event"] == schema.NEAR_OOM and self._overtakes is not None:
             self._later.append(event)  # published after this poll's OOM records that may overtake it
             return
         if event["event"] != schema.NEAR_OOM and self._later:
@@ -213,10 +211,11 @@ class BpfSource:
 
     def _publish_before(self, oom: Event) -> None:
         """The waiting near_oom records that `oom` may not overtake, in their order."""
-        assert self._may_overtake is not None
+        assert self._overtakes is not None
+        overtaken = self._overtakes(oom)
         waiting, self._later = self._later, deque()
         for near_oom in waiting:
-            if self._failures or self._may_overtake(oom, near_oom):
+            if self._failures or overtaken(near_oom):
                 self._later.append(near_oom)
             else:
                 self._publish_guarded(near_oom)

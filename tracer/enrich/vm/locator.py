@@ -95,15 +95,14 @@ class VmLocator:
         return not busy or now - last_scan >= MAX_SCAN_DEFERRAL_S
 
     def _run(self) -> None:
-        last_scan = self._clock()
-        with contextlib.suppress(Exception):  # a failed scan must not end the thread
-            self.scan()
-        while not self._stop.wait(self._interval):
-            if not self._scan_due(last_scan):
-                continue
-            last_scan = self._clock()
-            with contextlib.suppress(Exception):
-                self.scan()
+        last_scan: float | None = None
+        while True:
+            if last_scan is None or self._scan_due(last_scan):
+                last_scan = self._clock()
+                with contextlib.suppress(Exception):  # a failed scan must not end the thread
+                    self.scan()
+            if self._stop.wait(self._interval):
+                return
 
     def scan(self) -> int:
         """One pass over /proc; returns how many QEMU processes were newly learnt."""
