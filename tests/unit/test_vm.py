@@ -233,6 +233,29 @@ def test_tasks_are_classified_by_role(comm: str | None, process_comm: str | None
     assert role_of(comm, process_comm) == role
 
 
+def test_a_cgroups_processes_include_its_descendants_and_leaves_are_not_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = (("pod", "1\n"), ("pod/ctr-a", "2\n3\n"), ("pod/ctr-b", ""), ("pod/ctr-b/x", "4\n"))
+    for directory, procs in tree:
+        (tmp_path / directory).mkdir()
+        (tmp_path / directory / "cgroup.procs").write_text(procs)
+        (tmp_path / directory / "memory.stat").write_text("")  # a file, never walked into
+    listed: list[str] = []
+    scandir = procfs.os.scandir
+
+    def counting_scandir(path: str) -> Any:
+        listed.append(path)
+        return scandir(path)
+
+    monkeypatch.setattr(procfs.os, "scandir", counting_scandir)
+    assert sorted(procfs.pids_in(tmp_path, "/pod")) == [1, 2, 3, 4]
+    assert sorted(Path(d).relative_to(tmp_path).as_posix() for d in listed) == ["pod", "pod/ctr-b"]
+    assert procfs.pids_in(tmp_path, "/pod/ctr-a") == [2, 3] and listed[2:] == []
+    assert len(procfs.pids_in(tmp_path, "/pod", limit=2)) == 2
+    assert procfs.pids_in(tmp_path, "/gone") == []
+
+
 # --- the cache and the stage, on a fixture /proc and cgroup tree --------------------------------
 
 
@@ -269,8 +292,8 @@ def test_an_event_racing_the_scan_thread_for_a_qemu_waits_for_its_command_line(
     reading, release = threading.Event(), threading.Event()
     read = procfs.read_bytes
 
-    def slow_for_the_scanner(path: Path, limit: int) -> bytes | None:
-        if path.name == "cmdline" and threading.current_thread().name == "scanner":
+    def slow_for_the_scanner(path: str | Path, limit: int) -> bytes | None:
+        if Path(path).name == "cmdline" and threading.current_thread().name == "scanner":
             reading.set()
             release.wait(10)
         return read(path, limit)

@@ -63,8 +63,8 @@ def vm_cgroup(path: str | None) -> str | None:
 def pids_in(memory_root: Path, cgroup: str, limit: int = 65536) -> list[int]:
     """The processes in a cgroup and its descendants (cgroup.procs, tgids only)."""
     pids: list[int] = []
-    for directory in _walk(memory_root / cgroup.lstrip("/")):
-        data = read_bytes(directory / "cgroup.procs", 1 << 20)
+    for directory in _walk(f"{memory_root}/{cgroup.strip('/')}".rstrip("/")):
+        data = read_bytes(f"{directory}/cgroup.procs", 1 << 20)
         if data is None:
             continue
         for word in data.split():
@@ -75,7 +75,11 @@ def pids_in(memory_root: Path, cgroup: str, limit: int = 65536) -> list[int]:
     return pids
 
 
-def _walk(top: Path, max_depth: int = 8) -> Iterator[Path]:
+def _walk(top: str, max_depth: int = 8) -> Iterator[str]:
+    """`top` and the directories below it. On cgroupfs (kernfs), as on ext4 and tmpfs, a
+    directory's link count is 2 plus its subdirectories, so a leaf, the usual cgroup of a kill,
+    costs one stat instead of a listing of its ~30 control files (4 against 31 µs here). Any
+    other count (btrfs and merged overlayfs directories say 1) is listed."""
     stack = [(top, 0)]
     while stack:
         directory, depth = stack.pop()
@@ -83,10 +87,10 @@ def _walk(top: Path, max_depth: int = 8) -> Iterator[Path]:
         if depth >= max_depth:
             continue
         try:
+            if os.stat(directory).st_nlink == 2:
+                continue
             with os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((Path(entry.path), depth + 1))
+                stack.extend((e.path, depth + 1) for e in entries if e.is_dir(follow_symlinks=False))
         except OSError:
             continue
 
