@@ -177,6 +177,7 @@ def test_a_kill_without_a_recent_memcg_oom_takes_its_own_snapshot_of_the_limited
     kill = stage(event(schema.OOM_KILL, 99 * 10**9, task_memcg=CONTAINER))  # tracepoint tier: no oom_memcg
     snap = kill["memory_snapshot"]
     assert (snap["memcg"], snap["source_event"], snap["delay_ms"]) == (POD, "oom_kill", 1000.0)
+    assert snap["limit_bytes"] == 192 * MIB  # the one limited_ancestor found
 
 
 def test_kills_of_one_cgroup_close_together_share_the_first_kills_snapshot(tmp_path: Path) -> None:

@@ -213,10 +213,12 @@ def snapshot(
     top: int = DEFAULT_TOP,
     now_ns: Callable[[], int] = time.monotonic_ns,
     victim: dict[str, Any] | None = None,
+    limit_bytes: int | None = None,
 ) -> dict[str, Any] | None:
     """The snapshot of `cgroup` now; None if the cgroup is gone. A `victim` row (victim_task())
     is listed as given instead of read from /proc: a dying process's /proc numbers race its
-    exit, and reading them waits for the kill to finish (on a serial console, for its line)."""
+    exit, and reading them waits for the kill to finish (on a serial console, for its line).
+    `limit_bytes`, when the caller has just read it (limited_ancestor), is not read again."""
     started = now_ns()
     stat = read_stat(memory_root, cgroup)
     if stat is None:
@@ -229,7 +231,7 @@ def snapshot(
         # CLOCK_MONOTONIC on both sides: bpf_ktime_get_ns() and time.monotonic_ns().
         "delay_ms": None if event_ktime_ns is None else round((started - event_ktime_ns) / 1e6, 3),
         "usage_bytes": read_usage(memory_root, cgroup),
-        "limit_bytes": read_limit(memory_root, cgroup),
+        "limit_bytes": limit_bytes if limit_bytes is not None else read_limit(memory_root, cgroup),
         "stat": stat,
         "tasks_total": len(set(pids) | {t["pid"] for t in known}),
         "tasks": top_tasks(proc_root, pids, top, known),
@@ -276,7 +278,11 @@ class SnapshotStage:
         return event
 
     def _take(
-        self, cgroup: str, event: dict[str, Any], victim: dict[str, Any] | None = None
+        self,
+        cgroup: str,
+        event: dict[str, Any],
+        victim: dict[str, Any] | None = None,
+        limit_bytes: int | None = None,
     ) -> dict[str, Any] | None:
         return snapshot(
             self._root,
@@ -287,6 +293,7 @@ class SnapshotStage:
             self._top,
             self._now_ns,
             victim,
+            limit_bytes,
         )
 
     def _on_memcg_oom(self, event: dict[str, Any]) -> None:
@@ -305,17 +312,17 @@ class SnapshotStage:
         if shared is not None and isinstance(ktime, int) and 0 <= ktime - shared[0] <= SHARE_WINDOW_NS:
             event["memory_snapshot"] = shared[1]
             return
-        cgroup = event.get("oom_memcg")
+        cgroup, limit = event.get("oom_memcg"), None
         if not cgroup:
             limited = limited_ancestor(self._root, event.get("task_memcg"))
             if limited is None:
                 return  # no limit above the victim: a global OOM, not one cgroup's
-            cgroup = limited[0]
+            cgroup, limit = limited
         kept = self._recent.get(cgroup)
         if kept is not None and isinstance(ktime, int) and 0 <= ktime - kept[0] <= ATTACH_WINDOW_NS:
             event["memory_snapshot"] = kept[1]
             return
-        taken = self._take(cgroup, event, victim_task(event))
+        taken = self._take(cgroup, event, victim_task(event), limit)
         event["memory_snapshot"] = taken
         if taken is not None and isinstance(key, str) and isinstance(ktime, int):
             _keep(self._shared, key, ktime, taken)
