@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from tracer.enrich.vm.procfs import pids_in, read_bytes
+from tracer.enrich.vm.procfs import cgroup_dir, pids_in, read_bytes
 from tracer.enrich.vm.roles import role_of
 
 # A v1 limit at or above this is "no limit" (PAGE_COUNTER_MAX pages: 9223372036854771712 bytes).
@@ -86,13 +86,9 @@ def _is_v2(memory_root: str) -> bool:
     return os.path.isfile(f"{memory_root}/cgroup.controllers")
 
 
-def _dir(memory_root: Path, cgroup: str) -> str:
-    return f"{memory_root}/{cgroup.lstrip('/')}".rstrip("/")
-
-
 def read_limit(memory_root: Path, cgroup: str) -> int | None:
     """The cgroup's own memory limit in bytes; None for no limit or an unreadable cgroup."""
-    directory = _dir(memory_root, cgroup)
+    directory = cgroup_dir(memory_root, cgroup)
     if is_v2(memory_root):
         return _read_int(f"{directory}/memory.max")  # "max" is not a number: None
     limit = _read_int(f"{directory}/memory.limit_in_bytes")
@@ -101,13 +97,13 @@ def read_limit(memory_root: Path, cgroup: str) -> int | None:
 
 def read_usage(memory_root: Path, cgroup: str) -> int | None:
     name = "memory.current" if is_v2(memory_root) else "memory.usage_in_bytes"
-    return _read_int(f"{_dir(memory_root, cgroup)}/{name}")
+    return _read_int(f"{cgroup_dir(memory_root, cgroup)}/{name}")
 
 
 def read_peak(memory_root: Path, cgroup: str) -> int | None:
     """The highest usage the cgroup reached (v1 max_usage_in_bytes; v2 memory.peak, 5.19+)."""
     name = "memory.peak" if is_v2(memory_root) else "memory.max_usage_in_bytes"
-    return _read_int(f"{_dir(memory_root, cgroup)}/{name}")
+    return _read_int(f"{cgroup_dir(memory_root, cgroup)}/{name}")
 
 
 def limited_ancestor(memory_root: Path, cgroup: str | None) -> tuple[str, int] | None:
@@ -116,7 +112,7 @@ def limited_ancestor(memory_root: Path, cgroup: str | None) -> tuple[str, int] |
     This is the cgroup a memcg OOM of a task in `cgroup` happens in (oom_memcg, when no probe
     tier says it). None if nothing up to the root has a limit, or the cgroup is gone.
     """
-    if not cgroup or not cgroup.startswith("/") or not os.path.isdir(_dir(memory_root, cgroup)):
+    if not cgroup or not cgroup.startswith("/") or not os.path.isdir(cgroup_dir(memory_root, cgroup)):
         return None
     path = cgroup.rstrip("/") or "/"
     while path != "/":
@@ -129,7 +125,7 @@ def limited_ancestor(memory_root: Path, cgroup: str | None) -> tuple[str, int] |
 
 def read_stat(memory_root: Path, cgroup: str) -> dict[str, int | None] | None:
     """memory.stat essentials in bytes, under one set of names for v1 and v2; absent ones None."""
-    directory = _dir(memory_root, cgroup)
+    directory = cgroup_dir(memory_root, cgroup)
     text = _read_text(f"{directory}/memory.stat")
     if text is None:
         return None

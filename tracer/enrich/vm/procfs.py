@@ -60,10 +60,15 @@ def vm_cgroup(path: str | None) -> str | None:
         top = parent
 
 
+def cgroup_dir(memory_root: Path, cgroup: str) -> str:
+    """A cgroup's directory, as a str: these paths are built on a kill's path, and Path costs more."""
+    return f"{memory_root}/{cgroup.lstrip('/')}".rstrip("/")
+
+
 def pids_in(memory_root: Path, cgroup: str, limit: int = 65536) -> list[int]:
     """The processes in a cgroup and its descendants (cgroup.procs, tgids only)."""
     pids: list[int] = []
-    for directory in _walk(f"{memory_root}/{cgroup.strip('/')}".rstrip("/")):
+    for directory in _walk(cgroup_dir(memory_root, cgroup)):
         data = read_bytes(f"{directory}/cgroup.procs", 1 << 20)
         if data is None:
             continue
