@@ -243,6 +243,23 @@ def _summary_rows(record: dict[str, Any]) -> list[list[str]]:
                     "",
                 ]
             )
+    by_request = _bench(record, "cpu-request")
+    if by_request:
+        base = _cpu_baseline(by_request)
+        rows.append(
+            [
+                "6",
+                f"delivery in an OOM storm ({by_request['cgroups']} cgroups), by the tracer's CPU request",
+                "; ".join(
+                    f"{r['request_millicpu']}m: {_p50_p99(r)}"
+                    for r in by_request["rows"]
+                    if r["request_millicpu"]
+                ),
+                f"plain host, nice 0: {_p50_p99(base)}" if base else "—",
+                "— (not in the issue)",
+                "",
+            ]
+        )
     overhead = _bench(record, "overhead")
     if overhead:
         at, below = overhead["workloads"]["limit"], overhead["workloads"]["below"]
@@ -572,6 +589,55 @@ def _storms(storms: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _cpu_baseline(data: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in data["rows"] if r["request_millicpu"] is None), None)
+
+
+def _p50_p99(row: dict[str, Any]) -> str:
+    return f"p50 {_d(row['latency_ms'], 'p50')}, p99 {_d(row['latency_ms'], 'p99')}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}" if value is not None and base else "—"
+
+
+def _cpu_request(data: dict[str, Any]) -> list[str]:
+    base = _cpu_baseline(data)
+    rows = []
+    for r in data["rows"]:
+        dist = r["latency_ms"]
+        plain = r["request_millicpu"] is None
+        rows.append(
+            [
+                "plain host, nice 0 (baseline)" if plain else f"{r['request_millicpu']}m",
+                "—" if plain else f"{r['tracer_shares']} / {r['pods_shares']}",
+                str(r["storms"]),
+                f"{r['kernel_kills']} / {r['delivered']}",
+                _d(dist, "p50"),
+                _d(dist, "p99"),
+                _d(dist, "max"),
+                "1" if plain or not base else _ratio(dist.get("p99"), base["latency_ms"].get("p99")),
+                ", ".join(f"{v:,.0f}" for v in r["p99_per_storm_ms"]) or "—",
+            ]
+        )
+    header = ["tracer's CPU request", "cpu.shares tracer / pods", "storms", "kills: kernel / delivered",
+              "p50", "p99", "max", "p99 / baseline", "p99 of each storm (ms)"]  # fmt: skip
+    return [
+        f"Section 2's storm ({data['cgroups']} pod cgroups OOMing at once) with kubelet's CPU shares "
+        "modelled by two sibling cgroup v1 cpu groups: the tracer's with the shares of its request "
+        "(milliCPU * 1024 / 1000), every OOMing pod in the other with the shares of the rest of this "
+        f"{data['node_millicpu']}m node, the worst a scheduler that never over-commits requests allows. "
+        f"Baseline in the same run: both in the root cpu cgroup, the tracer at nice 0. "
+        f"{data['rounds']} rounds, interleaved, {data['storms_per_setting']} storms "
+        f"per setting and round, kills pooled. Lost events during the run: {data['lost']}.",
+        "",
+        *_table(header, rows),
+        "",
+        "50m is deploy/daemonset.yaml's request. What to set and what it costs: docs/deploy.md, "
+        "'CPU priority'.",
+    ]
+
+
 def _console_share(
     quiet1: dict[str, Any], loud1: dict[str, Any], quiet100: dict[str, Any], loud100: dict[str, Any]
 ) -> list[str]:
@@ -875,6 +941,12 @@ def markdown(record: dict[str, Any]) -> str:
     out += _section("5. Peers on the same OOMs", _bench(record, "peers"), err("peers"), _peers)
     out += _section(
         "5b. Peers on kprobe kernels (VMs)", _bench(record, "peers-vm"), err("peers-vm"), _peers_vm
+    )
+    out += _section(
+        "6. The storm against the tracer's Kubernetes CPU request",
+        _bench(record, "cpu-request"),
+        err("cpu-request"),
+        _cpu_request,
     )
     out += [
         "",

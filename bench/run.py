@@ -33,7 +33,7 @@ from bench import harness, report, vm_peers
 
 RESULTS = harness.REPO / "bench" / "results"
 DOC = harness.REPO / "docs" / "benchmarks.md"
-BENCHMARKS = ("lead", "latency", "overhead", "pipeline", "peers", "peers-vm")
+BENCHMARKS = ("lead", "latency", "overhead", "pipeline", "peers", "peers-vm", "cpu-request")
 
 
 def _pipeline(quick: bool) -> dict[str, Any]:
@@ -79,6 +79,10 @@ def _run_one(name: str, quick: bool, vm_kernels: tuple[str, ...]) -> dict[str, A
         return peers.run(spaced=5 if quick else 10, storm=50)
     if name == "peers-vm":
         return vm_peers.run(vm_kernels, spaced=5 if quick else 10, storm=50)
+    if name == "cpu-request":
+        from bench import cpu_request
+
+        return cpu_request.run(rounds=1 if quick else cpu_request.ROUNDS)
     raise ValueError(name)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmarks (bench/run.py; `make bench`). As root, from anywhere:
-#   bench/run.sh [--quick] [--only lead,latency,overhead,pipeline,peers,peers-vm] [--merge] [--no-doc]
+#   bench/run.sh [--quick] [--only lead,latency,overhead,pipeline,peers,peers-vm,cpu-request] [--merge] [--no-doc]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

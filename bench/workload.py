@@ -159,6 +159,12 @@ class Zygote:
         self._exited = 0
         threading.Thread(target=self._read, daemon=True, name="zygote-reader").start()
 
+    @property
+    def pid(self) -> int:
+        """The zygote's own pid: its allocators are its children, so a cgroup it is moved to
+        (e.g. a cpu one) is theirs from the fork on."""
+        return self._process.pid
+
     def _read(self) -> None:
         assert self._process.stdout is not None
         for line in self._process.stdout:
