@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.harness import TracerRun, distribution, say
-from bench.latency import STORM_CGROUPS, _storm
+from bench.harness import TracerRun, say
+from bench.latency import STORM_CGROUPS, _storm, pooled
 from bench.workload import Zygote
 
 REQUESTS_MILLICPU = (50, 250, 1000)  # 50m: deploy/daemonset.yaml's request
@@ -136,12 +135,7 @@ def run(rounds: int = ROUNDS) -> dict[str, Any]:
                 "request_millicpu": setting,
                 "tracer_shares": None if setting is None else kubelet_shares(setting),
                 "pods_shares": None if setting is None else kubelet_shares(node - setting),
-                "storms": len(runs),
-                "storm_seconds": round(statistics.median(st["storm_seconds"] for st in runs), 2),
-                "kernel_kills": sum(st["kernel_kills"] for st in runs),
-                "delivered": sum(st["delivered"] for st in runs),
-                "latency_ms": distribution(v for st in runs for v in st["samples_ms"]),
-                "p99_per_storm_ms": [st["latency_ms"]["p99"] for st in runs],
+                **pooled(runs),
             }
         )
     return {

@@ -92,18 +92,20 @@ def _storms(tracer: TracerRun, zygote: Zygote) -> list[dict[str, Any]]:
             runs[nice].append(_storm(tracer, zygote, nice))
             time.sleep(1.0)
     return [
-        {
-            "cgroups": STORM_CGROUPS,
-            "tracer_nice": nice,
-            "storms": len(storms),
-            "storm_seconds": round(statistics.median(st["storm_seconds"] for st in storms), 2),
-            "kernel_kills": sum(st["kernel_kills"] for st in storms),
-            "delivered": sum(st["delivered"] for st in storms),
-            "latency_ms": distribution(v for st in storms for v in st["samples_ms"]),
-            "p99_per_storm_ms": [st["latency_ms"]["p99"] for st in storms],
-        }
-        for nice, storms in runs.items()
+        {"cgroups": STORM_CGROUPS, "tracer_nice": nice, **pooled(storms)} for nice, storms in runs.items()
     ]
+
+
+def pooled(storms: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several _storm() results of one setting as one row: kills pooled, each storm's p99 kept."""
+    return {
+        "storms": len(storms),
+        "storm_seconds": round(statistics.median(st["storm_seconds"] for st in storms), 2),
+        "kernel_kills": sum(st["kernel_kills"] for st in storms),
+        "delivered": sum(st["delivered"] for st in storms),
+        "latency_ms": distribution(v for st in storms for v in st["samples_ms"]),
+        "p99_per_storm_ms": [st["latency_ms"]["p99"] for st in storms],
+    }
 
 
 def _storm(tracer: TracerRun, zygote: Zygote, nice: int) -> dict[str, Any]:
