@@ -24,7 +24,7 @@ kernel-matrix-doc:
 comma := ,
 
 # Benchmarks (bench/): needs root; prints the summary table, writes bench/results/*.json and
-# rewrites docs/benchmarks.md. About 15 minutes on 2 cores, half of it peers-vm: the peers
+# rewrites docs/benchmarks.md. About 17 minutes on 2 cores, a third of it peers-vm: the peers
 # benchmark in QEMU VMs on 6.1, 6.12 and 5.10 (bcc's oomkill-bpfcc needs kprobes).
 # One section into the last record: bench/run.sh --only peers-vm --merge
 .PHONY: bench

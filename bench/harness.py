@@ -66,6 +66,19 @@ stamped.put(None)
 writer.join()
 """
 
+def stamper_for(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """The stamping process for `process`'s stdout (which it takes over); read its stdout for
+    "<CLOCK_MONOTONIC ns> <line>" lines. A process of its own: a reader thread here shares the
+    GIL with the workload driver and JSON parsing, which was seen to add tens of milliseconds to
+    the tail of what it measured."""
+    assert process.stdout is not None
+    stamper = subprocess.Popen(
+        [sys.executable, "-c", _STAMPER], stdin=process.stdout, stdout=subprocess.PIPE, bufsize=0
+    )
+    process.stdout.close()
+    return stamper
+
+
 # Every tracer start-up of this bench run: seconds from exec to "tracing", and RSS then.
 STARTUPS: list[tuple[float, int]] = []
 
@@ -82,14 +95,7 @@ class TracerRun:
             stderr=subprocess.PIPE,
             bufsize=0,
         )
-        # The tracer's stdout is read by a process of its own that only stamps lines: a reader
-        # thread here shares the GIL with the workload driver and JSON parsing, which was seen
-        # to add tens of milliseconds to the tail of what it measured.
-        assert self.process.stdout is not None
-        self._stamper = subprocess.Popen(
-            [sys.executable, "-c", _STAMPER], stdin=self.process.stdout, stdout=subprocess.PIPE, bufsize=0
-        )
-        self.process.stdout.close()
+        self._stamper = stamper_for(self.process)
         self.lines: list[Line] = []
         self.diagnostics: list[dict[str, Any]] = []
         self.port = 0

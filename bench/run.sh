@@ -8,4 +8,6 @@ PY=.venv/bin/python
 # The peers benchmark runs bcc's own oomkill tool beside oomtrace (here and in the VMs, which
 # share this root file system).
 [ -x /usr/sbin/oomkill-bpfcc ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q bpfcc-tools >&2
+# ... and bpftrace, the floor: a reader with no work per kill.
+[ -x /usr/bin/bpftrace ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q bpftrace >&2
 exec "$PY" -m bench.run "$@"

@@ -118,7 +118,9 @@ def guest_main(argv: list[str] | None = None) -> int:
         _prepare(args.stage_tree, LAYOUT[args.series], result)
         from bench import peers
 
-        result.update(peers.run(spaced=args.spaced, storm=args.storm, ready_timeout_s=READY_TIMEOUT_S))
+        result.update(
+            peers.run(spaced=args.spaced, storm=args.storm, storms=1, ready_timeout_s=READY_TIMEOUT_S)
+        )
         result["startups"] = [{"seconds": round(s, 1), "rss_bytes": r} for s, r in harness.STARTUPS]
     except Exception as err:  # the host must see why, not an empty directory
         result["error"] = f"{type(err).__name__}: {err}"

@@ -100,3 +100,13 @@ def test_sigterm_unwinds_the_benchmark_so_its_cgroups_are_removed() -> None:
         signal.signal(signal.SIGTERM, before)
     assert stopped.value.code == 128 + signal.SIGTERM
     assert unwound == ["removed"]
+
+
+def test_the_versioned_record_is_the_one_the_docs_were_rendered_from() -> None:
+    # bench/results/latest.json is committed with docs/benchmarks.md and the README summary it
+    # rendered, so --merge works on a fresh checkout and every figure can be traced to its run.
+    repo = Path(__file__).resolve().parents[2]
+    record = json.loads((repo / "bench" / "results" / "latest.json").read_text())
+    line = f"Latest run: **{record['machine']['date']}** · kernel **{record['machine']['kernel']}**"
+    assert line in (repo / "docs" / "benchmarks.md").read_text()
+    assert line in (repo / "README.md").read_text()
