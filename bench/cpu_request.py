@@ -10,7 +10,7 @@ scheduler that never over-commits requests allows: every other pod busy at once 
 asking for all the CPU the tracer does not. (Whether the pods share their group's weight among
 themselves does not change what the tracer gets.)
 
-The storm is section 2's (bench.latency._storm: 50 pod cgroups OOMing at once). Each request is
+The storm is section 2's (bench.latency.storm: 50 pod cgroups OOMing at once). Each request is
 run against the same-run baseline, the plain host at nice 0 with no cpu cgroups, interleaved
 over rounds, and its kills pooled. Needs the cgroup v1 cpu controller (as here): on a cgroup v2
 host the pods' memory cgroups would have to be created under the cpu group instead.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import TracerRun, say
-from bench.latency import STORM_CGROUPS, _storm, pooled
+from bench.latency import STORM_CGROUPS, pooled, storm
 from bench.workload import Zygote
 
 REQUESTS_MILLICPU = (50, 250, 1000)  # 50m: deploy/daemonset.yaml's request
@@ -123,7 +123,7 @@ def run(rounds: int = ROUNDS) -> dict[str, Any]:
                     with _setting(groups, tracer, zygote, setting):
                         for n in range(STORMS_PER_SETTING):
                             say(f"cpu-request: round {rnd + 1}/{rounds}, {what}, storm {n + 1}")
-                            storms[setting].append(_storm(tracer, zygote, 0))
+                            storms[setting].append(storm(tracer, zygote, 0))
                             time.sleep(1.0)
             lost = tracer.lost()
         finally:

@@ -18,8 +18,8 @@ restored after), to separate the console's share from the tracer's.
 
 Last, storms of 50 cgroups OOMing at once (every allocator runnable, reclaiming on both CPUs),
 the tracer at nice 0 and at nice -10 (`oomtrace run --nice`), four of each, interleaved, their
-kills pooled: in a storm the tracer's wait for a CPU, not its own work, decides when a kill's
-line comes out.
+kills pooled: in a storm the tracer waits for a CPU for each slice of its own work (about
+0.5 ms of CPU per OOMing pod), so its share of the CPU decides when a kill's line comes out.
 
 Latency per oom_kill event: CLOCK_MONOTONIC when a process that only
 reads and stamps the tracer's stdout read the line minus the
@@ -89,7 +89,7 @@ def _storms(tracer: TracerRun, zygote: Zygote) -> list[dict[str, Any]]:
     for rep in range(STORM_REPS):
         for nice in STORM_NICE if rep % 2 == 0 else reversed(STORM_NICE):
             say(f"latency: storm {rep + 1}/{STORM_REPS} of {STORM_CGROUPS} cgroups, tracer at nice {nice}")
-            runs[nice].append(_storm(tracer, zygote, nice))
+            runs[nice].append(storm(tracer, zygote, nice))
             time.sleep(1.0)
     return [
         {"cgroups": STORM_CGROUPS, "tracer_nice": nice, **pooled(storms)} for nice, storms in runs.items()
@@ -97,7 +97,7 @@ def _storms(tracer: TracerRun, zygote: Zygote) -> list[dict[str, Any]]:
 
 
 def pooled(storms: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several _storm() results of one setting as one row: kills pooled, each storm's p99 kept."""
+    """Several storm() results of one setting as one row: kills pooled, each storm's p99 kept."""
     return {
         "storms": len(storms),
         "storm_seconds": round(statistics.median(st["storm_seconds"] for st in storms), 2),
@@ -108,7 +108,7 @@ def pooled(storms: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _storm(tracer: TracerRun, zygote: Zygote, nice: int) -> dict[str, Any]:
+def storm(tracer: TracerRun, zygote: Zygote, nice: int) -> dict[str, Any]:
     """50 pod cgroups OOMing at once, every allocator runnable and reclaiming on both CPUs."""
     _renice(tracer.process.pid, nice)
     comm = f"storm{nice}"
