@@ -359,12 +359,7 @@ def _storm_delivery_row(storm: dict[str, Any], bpftrace_error: str | None) -> li
     later = "after_the_kernels_killed_line_ms"
     ours, kmsg = storm["oomtrace"][later], storm["kmsg_reader"][later]
     floor = storm.get("bpftrace")  # absent from runs before it was a peer
-    storms = storm.get("storms", 1)
-    pooled = (
-        f"{storms} storms of {storm.get('cgroups_per_storm', 50)} cgroups, kills pooled"
-        if storms > 1
-        else f"{storm['kills_by_kernel_counters']} cgroups"
-    )
+    pooled = _storm_size(storm) + (", kills pooled" if storm.get("storms", 1) > 1 else "")
     if floor is None:
         baseline = "— (no bpftrace floor in this run)"
     elif floor.get("saw") is None:
