@@ -372,10 +372,16 @@ def _storm_delivery_row(storm: dict[str, Any], bpftrace_error: str | None) -> li
     met = None
     if ours.get("p99") is not None and kmsg.get("p50") is not None:
         met = ours["p99"] <= 20 and ours["p50"] < kmsg["p50"]
+    floor_p99 = (floor or {}).get(later, {}).get("p99")
+    ratio = (
+        f" ({ours['p99'] / floor_p99:.1f} times the floor's)"
+        if floor_p99 and ours.get("p99") is not None
+        else ""
+    )
     return [
         "5",
         f"kill line in the storm at default priority, after the kernel's Killed line ({pooled})",
-        f"oomtrace p50 {_d(ours, 'p50')}, p99 {_d(ours, 'p99')}; "
+        f"oomtrace p50 {_d(ours, 'p50')}, p99 {_d(ours, 'p99')}{ratio}; "
         f"/dev/kmsg reader p50 {_d(kmsg, 'p50')}, p99 {_d(kmsg, 'p99')}",
         baseline,
         "p99 ≤ 20 ms and p50 below the kmsg reader's (issue 11)",
