@@ -66,6 +66,7 @@ stamped.put(None)
 writer.join()
 """
 
+
 def stamper_for(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
     """The stamping process for `process`'s stdout (which it takes over); read its stdout for
     "<CLOCK_MONOTONIC ns> <line>" lines. A process of its own: a reader thread here shares the
