@@ -28,6 +28,7 @@ from typing import Any
 from bench.harness import TracerRun, say
 from bench.latency import STORM_CGROUPS, pooled, storm
 from bench.workload import Zygote
+from tracer.cli.sandbox import remove_cgroup
 
 REQUESTS_MILLICPU = (50, 250, 1000)  # 50m: deploy/daemonset.yaml's request
 ROUNDS = 3
@@ -79,28 +80,21 @@ class CpuGroups:
         self.moved.clear()
 
     def __exit__(self, *_exc: object) -> None:
-        self.release()
+        self.release()  # the tracer and the zygote back to the root: what is left are allocators
         for name in ("tracer", "pods", ""):
-            path = self.base / name
-            deadline = time.monotonic() + 10
-            while path.is_dir():
-                try:
-                    path.rmdir()
-                except OSError:  # a killed allocator still exiting
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            remove_cgroup(self.base / name)
 
 
 @contextlib.contextmanager
-def _setting(groups: CpuGroups, tracer: TracerRun, zygote: Zygote, millicpu: int | None) -> Iterator[None]:
+def _setting(
+    groups: CpuGroups, tracer: TracerRun, zygote: Zygote, millicpu: int | None, node: int
+) -> Iterator[None]:
     """None: the baseline, both in the root cpu cgroup. Otherwise the tracer with `millicpu`
-    requested and the pods with the rest of the node."""
+    requested and the pods with the rest of the `node` milliCPU."""
     if millicpu is None:
         groups.release()
         yield
         return
-    node = (os.cpu_count() or 1) * 1000
     groups.shares(kubelet_shares(millicpu), kubelet_shares(node - millicpu))
     groups.move(tracer.process.pid, "tracer")
     groups.move(zygote.pid, "pods")
@@ -120,7 +114,7 @@ def run(rounds: int = ROUNDS) -> dict[str, Any]:
             for rnd in range(rounds):
                 for setting in settings if rnd % 2 == 0 else reversed(settings):
                     what = "plain host, nice 0" if setting is None else f"request {setting}m"
-                    with _setting(groups, tracer, zygote, setting):
+                    with _setting(groups, tracer, zygote, setting, node):
                         for n in range(STORMS_PER_SETTING):
                             say(f"cpu-request: round {rnd + 1}/{rounds}, {what}, storm {n + 1}")
                             storms[setting].append(storm(tracer, zygote, 0))

@@ -39,6 +39,22 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
+def remove_cgroup(path: Path) -> None:
+    """Removes a test cgroup directory (no children left), killing what is still in it and
+    retrying while its last tasks exit; an OOM-killed task can take a moment to leave."""
+    for _attempt in range(50):
+        if not path.exists():
+            return
+        try:
+            for pid in (path / "cgroup.procs").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+            path.rmdir()
+            return
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise OSError(f"cannot remove test cgroup {path}")
+
+
 class PodSandbox:
     """A pod cgroup with one container cgroup, on every hierarchy this host mounts.
 
@@ -151,22 +167,8 @@ class PodSandbox:
             path = self.dir(self.container_path, root)
             stop = root / self.parent
             while path != root and path.is_relative_to(stop):
-                self._remove(path)
+                remove_cgroup(path)
                 path = path.parent
-
-    @staticmethod
-    def _remove(path: Path) -> None:
-        for _attempt in range(50):
-            if not path.exists():
-                return
-            try:
-                for pid in (path / "cgroup.procs").read_text().split():
-                    os.kill(int(pid), signal.SIGKILL)
-                path.rmdir()
-                return
-            except (OSError, ValueError):
-                time.sleep(0.05)
-        raise OSError(f"cannot remove test cgroup {path}")
 
     def __enter__(self) -> "PodSandbox":
         return self.create()
