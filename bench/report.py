@@ -373,11 +373,8 @@ def _storm_delivery_row(storm: dict[str, Any], bpftrace_error: str | None) -> li
     if ours.get("p99") is not None and kmsg.get("p50") is not None:
         met = ours["p99"] <= 20 and ours["p50"] < kmsg["p50"]
     floor_p99 = (floor or {}).get(later, {}).get("p99")
-    ratio = (
-        f" ({ours['p99'] / floor_p99:.1f} times the floor's)"
-        if floor_p99 and ours.get("p99") is not None
-        else ""
-    )
+    known = floor_p99 and ours.get("p99") is not None
+    ratio = f" ({_ratio(ours['p99'], floor_p99)} times the floor's)" if known else ""
     return [
         "5",
         f"kill line in the storm at default priority, after the kernel's Killed line ({pooled})",
