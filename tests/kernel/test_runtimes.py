@@ -12,6 +12,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from tests.kernel import runtimes
 from tests.kernel.conftest import KernelLog, Tracer
 from tests.kernel.runtimes import DOCKER, IMAGE, run
+from tracer.cli.sandbox import remove_cgroup
 
 LIMIT = 64 << 20
 # podman's default RLIMIT_NOFILE (1048576) is above this host's hard limit, which root here
@@ -37,6 +39,11 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         run(DOCKER, "save", "-o", str(archive), IMAGE)
         run("ctr", "-n", CTR_NAMESPACE, "images", "import", str(archive))
         yield
+    # containerd makes a cgroup per namespace (/oomtrace-test, in every hierarchy) and leaves
+    # it when the namespace's last container is gone: the tests' cgroups go with the tests.
+    root = Path("/sys/fs/cgroup")
+    for path in [root / CTR_NAMESPACE, *root.glob(f"*/{CTR_NAMESPACE}")]:
+        remove_cgroup(path)
 
 
 def kill_in(tracer: Tracer, container_id: str) -> dict[str, Any]:
